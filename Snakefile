@@ -1,0 +1,26 @@
+# ssae: Specialized Sparse Autoencoders, end to end.
+#   snakemake --cores 8                 # default run (config.yaml)
+#   snakemake -n                        # list the jobs that would run
+#   snakemake --report results/report.html
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/corpus.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/model/model.json",
+        expand("results/corpora/{corpus}/summary.json", corpus=CORPORA),
+        "results/corpora/overview.png",

@@ -1,0 +1,119 @@
+"""Build stage dataclasses from plain mappings with errors that name the bad key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value or an input file is unusable; the message names the key or file."""
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> None:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        errors = []
+        for option in options:
+            try:
+                _check_type(value, option, where)
+                return
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} is not of type {annotation}")
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            allowed = ", ".join(repr(a) for a in typing.get_args(annotation))
+            raise ConfigError(f"{where}: {value!r} is not one of {allowed}")
+        return
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        for i, item in enumerate(value):
+            _check_type(item, item_type, f"{where}[{i}]")
+        return
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Instantiate dataclass ``cls`` from ``data``; unknown keys and wrong types raise
+    :class:`ConfigError` naming ``where.key``. Nested dataclass fields are built recursively."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed: {', '.join(sorted(names))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{f.name}: required key is missing")
+            continue
+        value = data[f.name]
+        hint = hints[f.name]
+        key = f"{where}.{f.name}"
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = from_mapping(hint, value, key)  # type: ignore[arg-type]
+            continue
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+            if not isinstance(value, list):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            kwargs[f.name] = [from_mapping(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+            continue
+        _check_type(value, hint, key)
+        kwargs[f.name] = list(value) if isinstance(value, tuple) else value
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(where)
+    return obj
+
+
+def to_mapping(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def schema_errors(config: Mapping[str, Any], schema_path: str | Any) -> list[str]:
+    """One line per JSON-Schema violation, each starting with the dotted config key."""
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        lines.append(f"{key or '<top level>'}: {error.message}")
+    return lines

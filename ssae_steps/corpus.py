@@ -1,0 +1,225 @@
+"""Corpus stage: normalise every configured source into one Parquet table per corpus.
+
+Columns: ``doc_id`` (content hash, so the same text has the same id in every corpus),
+``text``, ``source``, ``split`` (``train`` or ``heldout``), ``n_chars`` and string label
+columns (``title``, ``topic``, ...; null where a source has none).
+
+The held-out split is chosen by hashing ``(seed, doc_id)``, so it does not move when other
+documents are added. Later stages never train on ``heldout`` rows. A ``general`` corpus
+also drops every document held out by a ``subdomain`` corpus, so the general SAE never
+sees subdomain evaluation text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import logging
+import re
+import sys
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm import tqdm
+
+from ssae_steps._config import ConfigError, from_mapping
+from ssae_steps._io import atomic_path, write_json
+from ssae_steps.text_sources import SourceConfig, read_source
+
+log = logging.getLogger("ssae.corpus")
+
+CORE_COLUMNS = ("doc_id", "text", "source", "split", "n_chars")
+
+
+@dataclass
+class CorpusConfig:
+    """One named corpus: where its text comes from and how it is split."""
+
+    sources: list[SourceConfig]
+    """Text sources, read in order; exact duplicate texts are kept once."""
+    role: Literal["general", "subdomain"] = "general"
+    """``general`` trains the general SAE; ``subdomain`` seeds retrieval and the SSAE."""
+    heldout_fraction: float = 0.1
+    """Fraction of documents kept out of every training stage, for evaluation."""
+    min_chars: int = 200
+    """Documents shorter than this (after normalisation) are dropped."""
+    max_docs: int | None = None
+    """Keep at most this many documents (a deterministic hash-ordered sample)."""
+
+    def validate(self, where: str) -> None:
+        if not self.sources:
+            raise ConfigError(f"{where}.sources: at least one source is required")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ConfigError(f"{where}.heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
+        if self.min_chars < 1:
+            raise ConfigError(f"{where}.min_chars: must be >= 1, got {self.min_chars}")
+        if self.max_docs is not None and self.max_docs < 2:
+            raise ConfigError(f"{where}.max_docs: must be >= 2, got {self.max_docs}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> CorpusConfig:
+        return from_mapping(cls, data, where)
+
+
+def normalise_text(text: str) -> str:
+    """NFC, unix newlines, no trailing spaces, at most one blank line in a row."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip()
+
+
+def doc_id_for(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _unit_hash(seed: int, doc_id: str) -> float:
+    digest = hashlib.sha1(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def heldout_ids(table_path: str | Path) -> set[str]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(table_path, columns=["doc_id", "split"])
+    return set(table.filter(pc.equal(table["split"], "heldout"))["doc_id"].to_pylist())
+
+
+def build_corpus(
+    name: str,
+    cfg: CorpusConfig,
+    seed: int,
+    out_table: str | Path,
+    out_summary: str | Path,
+    exclude_heldout_of: list[str | Path] | None = None,
+) -> dict[str, Any]:
+    """Read, normalise, de-duplicate and split ``cfg``'s sources; write table and summary."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    where = f"corpora.{name}"
+    excluded: set[str] = set()
+    for table in exclude_heldout_of or []:
+        excluded |= heldout_ids(table)
+
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    stats = collections.Counter[str]()
+    per_source: dict[str, int] = collections.Counter()
+    label_names: list[str] = []
+    for i, source in enumerate(cfg.sources):
+        for raw, labels in tqdm(
+            read_source(source, f"{where}.sources[{i}]"),
+            desc=f"{name}: {source.label}",
+            unit=" docs",
+            file=sys.stderr,
+            mininterval=2,
+        ):
+            text = normalise_text(raw)
+            if len(text) < cfg.min_chars:
+                stats["too_short"] += 1
+                continue
+            doc_id = doc_id_for(text)
+            if doc_id in seen:
+                stats["duplicates"] += 1
+                continue
+            if doc_id in excluded:
+                stats["heldout_elsewhere"] += 1
+                continue
+            seen.add(doc_id)
+            for key in labels:
+                if key not in label_names and key not in CORE_COLUMNS:
+                    label_names.append(key)
+            rows.append({"doc_id": doc_id, "text": text, "source": source.label, "labels": labels})
+            per_source[source.label] += 1
+    if not rows:
+        raise ConfigError(f"{where}.sources: no documents of at least min_chars={cfg.min_chars} characters")
+    if cfg.max_docs is not None and len(rows) > cfg.max_docs:
+        keep = set(sorted((r["doc_id"] for r in rows), key=lambda d: _unit_hash(seed + 1, d))[: cfg.max_docs])
+        rows = [r for r in rows if r["doc_id"] in keep]
+    for row in rows:
+        row["split"] = "heldout" if _unit_hash(seed, row["doc_id"]) < cfg.heldout_fraction else "train"
+    n_heldout = sum(r["split"] == "heldout" for r in rows)
+    if n_heldout == 0 or n_heldout == len(rows):
+        raise ConfigError(
+            f"{where}.heldout_fraction: {cfg.heldout_fraction} of {len(rows)} documents leaves an empty "
+            f"{'held-out' if n_heldout == 0 else 'training'} split; add documents or change the fraction"
+        )
+
+    columns: dict[str, list[Any]] = {c: [] for c in CORE_COLUMNS}
+    columns.update({label: [] for label in label_names})
+    for row in rows:
+        for c in ("doc_id", "text", "source", "split"):
+            columns[c].append(row[c])
+        columns["n_chars"].append(len(row["text"]))
+        for label in label_names:
+            columns[label].append(row["labels"].get(label))
+    schema = pa.schema(
+        [(c, pa.int64() if c == "n_chars" else pa.string()) for c in columns],
+        metadata={"ssae.corpus": name, "ssae.role": cfg.role, "ssae.seed": str(seed)},
+    )
+    table = pa.table(columns, schema=schema)
+    with atomic_path(out_table) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+    summary = {
+        "corpus": name,
+        "role": cfg.role,
+        "documents": len(rows),
+        "train_documents": len(rows) - n_heldout,
+        "heldout_documents": n_heldout,
+        "characters": int(sum(columns["n_chars"])),
+        "heldout_characters": int(
+            sum(n for n, s in zip(columns["n_chars"], columns["split"], strict=True) if s == "heldout")
+        ),
+        "documents_per_source": dict(per_source),
+        "dropped": dict(stats),
+        "label_columns": label_names,
+    }
+    if "topic" in label_names:
+        summary["top_topics"] = collections.Counter(t for t in columns["topic"] if t).most_common(15)
+    write_json(out_summary, summary)
+    log.info(
+        "%s: %d documents (%d held out), %.1f MB of text",
+        name,
+        len(rows),
+        n_heldout,
+        summary["characters"] / 1e6,
+    )
+    return summary
+
+
+def read_corpus(path: str | Path, split: str | None = None) -> Any:
+    """Load a corpus table as a pandas DataFrame, optionally one split only."""
+    import pyarrow.parquet as pq
+
+    filters = [("split", "=", split)] if split else None
+    return pq.read_table(path, filters=filters).to_pandas()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="corpus name (the key under `corpora`)")
+    parser.add_argument("--params", required=True, help="JSON object of the corpus config")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-table", required=True)
+    parser.add_argument("--out-summary", required=True)
+    parser.add_argument("--exclude-heldout-of", nargs="*", default=[], help="corpus tables whose held-out docs to drop")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        cfg = CorpusConfig.from_dict(json.loads(args.params), f"corpora.{args.name}")
+        build_corpus(args.name, cfg, args.seed, args.out_table, args.out_summary, args.exclude_heldout_of)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Config schema and stage dataclasses agree, and bad config is rejected by key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssae_steps._config import ConfigError, schema_errors
+from ssae_steps.corpus import CorpusConfig
+from ssae_steps.model import ModelConfig
+from ssae_steps.text_sources import SourceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _defaults(cls: type) -> dict[str, object]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("cls", "schema_props"),
+    [
+        (ModelConfig, SCHEMA["properties"]["model"]["properties"]),
+        (CorpusConfig, SCHEMA["$defs"]["corpus"]["properties"]),
+        (SourceConfig, SCHEMA["$defs"]["source"]["properties"]),
+    ],
+)
+def test_schema_and_dataclass_agree(cls: type, schema_props: dict) -> None:
+    assert set(schema_props) == {f.name for f in dataclasses.fields(cls)}
+    schema_defaults = {k: v["default"] for k, v in schema_props.items() if "default" in v}
+    assert schema_defaults == _defaults(cls)
+
+
+def test_default_config_is_valid() -> None:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert schema_errors(config, SCHEMA_PATH) == []
+    ModelConfig.from_dict(config["model"])
+    for name, spec in config["corpora"].items():
+        CorpusConfig.from_dict(spec, f"corpora.{name}")
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"corpora": {"g": {"sources": [{"kind": "python_docs"}]}}, "tilt": 1}, "'tilt' was unexpected"),
+        (
+            {"model": {"hook_layer": "two"}, "corpora": {"g": {"sources": [{"kind": "python_docs"}]}}},
+            "model.hook_layer:",
+        ),
+        ({"corpora": {"g": {"sources": [{"kind": "jsonl"}]}}}, "corpora.g.sources[0]: 'path' is a required"),
+        (
+            {"corpora": {"g": {"heldout_fraction": 1.5, "sources": [{"kind": "python_docs"}]}}},
+            "corpora.g.heldout_fraction",
+        ),
+        ({"corpora": {"g": {"sources": [{"kind": "pdf", "path": "x"}]}}}, "corpora.g.sources[0].kind"),
+        ({"model": {"hook_layer": 3}}, "'corpora' is a required property"),
+    ],
+)
+def test_schema_errors_name_the_key(config: dict, expected: str) -> None:
+    problems = schema_errors(config, SCHEMA_PATH)
+    assert any(expected in p for p in problems), problems
+
+
+def test_dataclass_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"model.hook_layr.*unknown|unknown key\(s\) 'hook_layr'"):
+        ModelConfig.from_dict({"hook_layr": 2})
+    with pytest.raises(ConfigError, match=r"model.hook_layer: expected an integer"):
+        ModelConfig.from_dict({"hook_layer": True})
+    with pytest.raises(ConfigError, match=r"corpora.x.sources\[0\].path: required"):
+        CorpusConfig.from_dict({"sources": [{"kind": "txt"}]}, "corpora.x")
+    with pytest.raises(ConfigError, match=r"corpora.x.sources: at least one"):
+        CorpusConfig.from_dict({"sources": []}, "corpora.x")
+    with pytest.raises(ConfigError, match=r"corpora.x.sources\[0\].kind: 'pdf' is not one of"):
+        CorpusConfig.from_dict({"sources": [{"kind": "pdf"}]}, "corpora.x")

@@ -1,0 +1,121 @@
+"""The real Snakefile, end to end on the tiny model, in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def test_config(tiny_model_dir: Path, small_corpora: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("wf")
+    config = {
+        "seed": 7,
+        "model": {"source": "local", "name": str(tiny_model_dir), "hook_layer": 2},
+        "corpora": {
+            "general": {
+                "role": "general",
+                "heldout_fraction": 0.1,
+                "sources": [
+                    {"kind": "jsonl", "path": str(small_corpora["general"]), "label_fields": ["topic"]},
+                    {"kind": "jsonl", "path": str(small_corpora["physics"])},
+                    {"kind": "wikibooks_recipes", "max_docs": 40},
+                ],
+            },
+            "physics": {
+                "role": "subdomain",
+                "heldout_fraction": 0.25,
+                "sources": [
+                    {"kind": "jsonl", "path": str(small_corpora["physics"]), "label_fields": ["title"]},
+                ],
+            },
+        },
+    }
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
+    result = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.MULTILINE))
+    assert counts["prepare_model"] == "1"
+    assert counts["build_corpus"] == "2"  # general + physical_sciences
+    assert counts["corpus_overview"] == "1"
+
+
+def test_end_to_end_on_tiny_model(test_config: Path) -> None:
+    workdir = test_config.parent
+    result = snakemake(workdir, "--configfile", str(test_config), "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    model = json.loads((workdir / "results/model/model.json").read_text())
+    assert model["n_layers"] == 4 and model["hook_layer"] == 2
+    assert (workdir / "results/model/hf/model.safetensors").exists()
+
+    general = pq.read_table(workdir / "results/corpora/general/docs.parquet").to_pandas()
+    physics = pq.read_table(workdir / "results/corpora/physics/docs.parquet").to_pandas()
+    assert {"jsonl:general.jsonl", "jsonl:physics.jsonl", "wikibooks_recipes"} == set(general["source"])
+    held = set(physics.loc[physics["split"] == "heldout", "doc_id"])
+    assert held and not held & set(general["doc_id"])
+    assert (workdir / "results/corpora/overview.png").stat().st_size > 10_000
+    for log in ("logs/prepare_model.log", "logs/build_corpus/general.log", "logs/corpus_overview.log"):
+        assert (workdir / log).exists(), log
+    assert (workdir / "benchmarks/prepare_model.tsv").exists()
+
+    again = snakemake(workdir, "--configfile", str(test_config), "-n")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        (
+            {"model": {"source": "local", "name": "x", "hook_layr": 2}},
+            "model: Additional properties are not allowed ('hook_layr'",
+        ),
+        ({"seed": "zero"}, "seed: 'zero' is not of type 'integer'"),
+        (
+            {"corpora": {"g": {"sources": [{"kind": "jsonl", "path": "/no/such.jsonl"}]}}},
+            "corpora.g.sources[0].path: no file matches",
+        ),
+        (
+            {"corpora": {"g": {"role": "subdomain", "sources": [{"kind": "python_docs"}]}}},
+            "at least one corpus needs role: general",
+        ),
+    ],
+)
+def test_bad_config_stops_before_any_job(test_config: Path, tmp_path: Path, patch: dict, expected: str) -> None:
+    config = yaml.safe_load(test_config.read_text())
+    config.update(patch)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(bad), "--cores", "1")
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,64 @@
+# Shared helpers: config validation, code fingerprints, interpreter.
+import hashlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+from ssae_steps._config import ConfigError, schema_errors  # noqa: E402
+from ssae_steps.corpus import CorpusConfig  # noqa: E402
+from ssae_steps.model import ModelConfig  # noqa: E402
+from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
+
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# Our own pass first: one short line per problem, naming the key, before Snakemake's
+# verbose report; validate() then fills in the schema defaults.
+_problems = schema_errors(config, SCHEMA)
+if _problems:
+    raise WorkflowError("invalid config:\n  " + "\n  ".join(_problems))
+validate(config, schema=str(SCHEMA))
+
+# Second check, by the stage dataclasses themselves: catches what JSON Schema cannot
+# express and keeps the modules and the workflow in agreement.
+try:
+    MODEL = ModelConfig.from_dict(config["model"])
+    CORPUS_CONFIGS = {
+        name: CorpusConfig.from_dict(spec, f"corpora.{name}")
+        for name, spec in config["corpora"].items()
+    }
+    for _name, _corpus in CORPUS_CONFIGS.items():
+        for _i, _source in enumerate(_corpus.sources):
+            if _source.kind in FILE_KINDS:
+                expand_paths(_source.path, f"corpora.{_name}.sources[{_i}]")
+except ConfigError as exc:
+    raise WorkflowError(f"invalid config: {exc}")
+
+CORPORA = list(CORPUS_CONFIGS)
+SUBDOMAINS = [n for n, c in CORPUS_CONFIGS.items() if c.role == "subdomain"]
+if not any(c.role == "general" for c in CORPUS_CONFIGS.values()):
+    raise WorkflowError("invalid config: corpora: at least one corpus needs role: general")
+
+# Without --sdm conda, the interpreter running Snakemake runs every step (so a venv need
+# not be activated); with it, each rule's `python` comes from envs/ssae.yaml.
+_methods = getattr(getattr(workflow, "deployment_settings", None), "deployment_method", ())
+PY = "python" if any("conda" in str(m).lower() for m in _methods) else sys.executable
+ENV = "../../envs/ssae.yaml"
+# Steps import ssae_steps from this checkout even when it is not pip-installed.
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+STEPS = Path(workflow.basedir) / "ssae_steps"
+
+
+def code_version(*modules):
+    """Fingerprint of the ssae_steps modules a rule runs. Snakemake's code trigger does
+    not see imported modules, so this goes into params and edits rerun the rule."""
+    digest = hashlib.sha1()
+    for module in ("_io", "_config", *modules):
+        digest.update((STEPS / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)

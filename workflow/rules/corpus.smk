@@ -1,0 +1,58 @@
+def corpus_inputs(wildcards):
+    """Local source files (so edits rerun the corpus) and, for a general corpus, the
+    subdomain tables whose held-out documents it must exclude."""
+    cfg = CORPUS_CONFIGS[wildcards.corpus]
+    files = []
+    for i, source in enumerate(cfg.sources):
+        if source.kind in FILE_KINDS:
+            where = f"corpora.{wildcards.corpus}.sources[{i}]"
+            files += [str(p) for p in expand_paths(source.path, where)]
+    exclude = []
+    if cfg.role == "general":
+        exclude = [f"results/corpora/{name}/docs.parquet" for name in SUBDOMAINS]
+    return {"files": files, "exclude": exclude}
+
+
+rule build_corpus:
+    input:
+        unpack(corpus_inputs),
+    output:
+        table="results/corpora/{corpus}/docs.parquet",
+        summary="results/corpora/{corpus}/summary.json",
+    wildcard_constraints:
+        corpus="|".join(CORPORA),
+    params:
+        cfg=lambda wc: as_json(config["corpora"][wc.corpus]),
+        seed=config["seed"],
+        code=code_version("corpus", "text_sources"),
+    conda:
+        ENV
+    log:
+        "logs/build_corpus/{corpus}.log",
+    benchmark:
+        "benchmarks/build_corpus/{corpus}.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.corpus --name {wildcards.corpus} --params {params.cfg:q} "
+        "--seed {params.seed} --out-table {output.table} --out-summary {output.summary} "
+        "--exclude-heldout-of {input.exclude} > {log} 2>&1"
+
+
+rule corpus_overview:
+    input:
+        tables=expand("results/corpora/{corpus}/docs.parquet", corpus=CORPORA),
+    output:
+        plot=report(
+            "results/corpora/overview.png",
+            caption="../report/corpus_overview.rst",
+            category="1. Data",
+        ),
+        table="results/corpora/overview.csv",
+    params:
+        code=code_version("corpus_overview", "corpus"),
+    conda:
+        ENV
+    log:
+        "logs/corpus_overview.log",
+    shell:
+        "{PY:q} -m ssae_steps.corpus_overview --tables {input.tables} "
+        "--out-plot {output.plot} --out-table {output.table} > {log} 2>&1"

@@ -1,0 +1,18 @@
+rule prepare_model:
+    output:
+        model=directory("results/model/hf"),
+        manifest="results/model/model.json",
+    params:
+        cfg=as_json(config["model"]),
+        code=code_version("model"),
+    conda:
+        ENV
+    log:
+        "logs/prepare_model.log",
+    benchmark:
+        "benchmarks/prepare_model.tsv"
+    message:
+        "Materialising the foundation model ({params.cfg})"
+    shell:
+        "{PY:q} -m ssae_steps.model --params {params.cfg:q} "
+        "--out-dir {output.model} --manifest {output.manifest} > {log} 2>&1"
