@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/corpus.smk"
+include: "workflow/rules/retrieval.smk"
 
 
 rule all:
@@ -24,3 +25,4 @@ rule all:
         "results/model/model.json",
         expand("results/corpora/{corpus}/summary.json", corpus=CORPORA),
         "results/corpora/overview.png",
+        f"results/retrieval/{SUBDOMAIN}/comparison.md",

@@ -117,3 +117,14 @@ def schema_errors(config: Mapping[str, Any], schema_path: str | Any) -> list[str
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
         lines.append(f"{key or '<top level>'}: {error.message}")
     return lines
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but torch sees no GPU (use 'auto' or 'cpu')")
+    return name

@@ -5,9 +5,10 @@ Columns: ``doc_id`` (content hash, so the same text has the same id in every cor
 columns (``title``, ``topic``, ...; null where a source has none).
 
 The held-out split is chosen by hashing ``(seed, doc_id)``, so it does not move when other
-documents are added. Later stages never train on ``heldout`` rows. A ``general`` corpus
-also drops every document held out by a ``subdomain`` corpus, so the general SAE never
-sees subdomain evaluation text.
+documents are added. Later stages never train on ``heldout`` rows. Corpora are built
+independently (so changing the subdomain never rebuilds, and re-embeds, the general pool);
+the same text has the same ``doc_id`` everywhere, so a stage that trains on the general
+corpus drops the subdomain's held-out documents by id (:func:`heldout_ids`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def _unit_hash(seed: int, doc_id: str) -> float:
 
 
 def heldout_ids(table_path: str | Path) -> set[str]:
+    """Ids of a corpus' held-out documents (to keep them out of another corpus' training)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -96,17 +98,12 @@ def build_corpus(
     seed: int,
     out_table: str | Path,
     out_summary: str | Path,
-    exclude_heldout_of: list[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Read, normalise, de-duplicate and split ``cfg``'s sources; write table and summary."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     where = f"corpora.{name}"
-    excluded: set[str] = set()
-    for table in exclude_heldout_of or []:
-        excluded |= heldout_ids(table)
-
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     stats = collections.Counter[str]()
@@ -127,9 +124,6 @@ def build_corpus(
             doc_id = doc_id_for(text)
             if doc_id in seen:
                 stats["duplicates"] += 1
-                continue
-            if doc_id in excluded:
-                stats["heldout_elsewhere"] += 1
                 continue
             seen.add(doc_id)
             for key in labels:
@@ -209,12 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-table", required=True)
     parser.add_argument("--out-summary", required=True)
-    parser.add_argument("--exclude-heldout-of", nargs="*", default=[], help="corpus tables whose held-out docs to drop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     try:
         cfg = CorpusConfig.from_dict(json.loads(args.params), f"corpora.{args.name}")
-        build_corpus(args.name, cfg, args.seed, args.out_table, args.out_summary, args.exclude_heldout_of)
+        build_corpus(args.name, cfg, args.seed, args.out_table, args.out_summary)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,15 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssae_steps._config import ConfigError
-from ssae_steps.corpus import CorpusConfig, build_corpus, doc_id_for, normalise_text, read_corpus
+from ssae_steps.corpus import CorpusConfig, build_corpus, doc_id_for, heldout_ids, normalise_text, read_corpus
 from ssae_steps.text_sources import SourceConfig, read_source
 
 LONG = "The photon is the quantum of the electromagnetic field, carrying light at speed c. "
 
 
-def _build(tmp_path: Path, spec: dict, name: str = "c", seed: int = 0, exclude: list | None = None):
+def _build(tmp_path: Path, spec: dict, name: str = "c", seed: int = 0):
     cfg = CorpusConfig.from_dict(spec, f"corpora.{name}")
-    summary = build_corpus(name, cfg, seed, tmp_path / name / "docs.parquet", tmp_path / name / "summary.json", exclude)
+    summary = build_corpus(name, cfg, seed, tmp_path / name / "docs.parquet", tmp_path / name / "summary.json")
     return read_corpus(tmp_path / name / "docs.parquet"), summary
 
 
@@ -49,27 +49,10 @@ def test_split_is_deterministic_and_stable_under_additions(small_corpora: dict[s
     assert list(d["split"]) != list(a["split"])
 
 
-def test_general_corpus_excludes_subdomain_heldout(small_corpora: dict[str, Path], tmp_path: Path) -> None:
-    sub, _ = _build(
-        tmp_path,
-        {
-            "role": "subdomain",
-            "heldout_fraction": 0.3,
-            "sources": [{"kind": "jsonl", "path": str(small_corpora["physics"])}],
-        },
-        name="sub",
-    )
-    general_spec = {
-        "sources": [
-            {"kind": "jsonl", "path": str(small_corpora["physics"])},
-            {"kind": "jsonl", "path": str(small_corpora["general"])},
-        ]
-    }
-    gen, summary = _build(tmp_path, general_spec, name="gen", exclude=[tmp_path / "sub" / "docs.parquet"])
-    held = set(sub.loc[sub["split"] == "heldout", "doc_id"])
-    assert held and not held & set(gen["doc_id"])
-    assert summary["dropped"]["heldout_elsewhere"] == len(held & set(sub["doc_id"]))
-    assert set(sub.loc[sub["split"] == "train", "doc_id"]) <= set(gen["doc_id"])
+def test_heldout_ids(small_corpora: dict[str, Path], tmp_path: Path) -> None:
+    spec = {"heldout_fraction": 0.3, "sources": [{"kind": "jsonl", "path": str(small_corpora["physics"])}]}
+    df, _ = _build(tmp_path, spec, name="sub")
+    assert heldout_ids(tmp_path / "sub" / "docs.parquet") == set(df.loc[df["split"] == "heldout", "doc_id"])
 
 
 def test_txt_parquet_dedupe_and_min_chars(tmp_path: Path) -> None:

@@ -48,10 +48,11 @@ def test_config(tiny_model_dir: Path, small_corpora: dict[str, Path], tmp_path_f
                 "role": "subdomain",
                 "heldout_fraction": 0.25,
                 "sources": [
-                    {"kind": "jsonl", "path": str(small_corpora["physics"]), "label_fields": ["title"]},
+                    {"kind": "jsonl", "path": str(small_corpora["physics"]), "label_fields": ["title", "topic"]},
                 ],
             },
         },
+        "retrieval": {"token_budget": 12000, "neighbours_per_seed": 5, "embedder": {"batch_size": 32}},
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -60,12 +61,14 @@ def test_config(tiny_model_dir: Path, small_corpora: dict[str, Path], tmp_path_f
 
 def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout + result.stderr
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.MULTILINE))
-    assert counts["prepare_model"] == "1"
-    assert counts["build_corpus"] == "2"  # general + physical_sciences
-    assert counts["corpus_overview"] == "1"
+    counts = planned_jobs(result)
+    assert counts["prepare_model"] == 1
+    assert counts["build_corpus"] == 2  # general + physical_sciences
+    assert counts["corpus_overview"] == 1
+    assert counts["embed_corpus"] == 2  # pool and seed set, each once
+    assert counts["build_index"] == 1
+    assert counts["select_data"] == 4  # seed, dense, bm25, random
+    assert counts["compare_selection"] == 1
 
 
 def test_end_to_end_on_tiny_model(test_config: Path) -> None:
@@ -80,9 +83,21 @@ def test_end_to_end_on_tiny_model(test_config: Path) -> None:
     general = pq.read_table(workdir / "results/corpora/general/docs.parquet").to_pandas()
     physics = pq.read_table(workdir / "results/corpora/physics/docs.parquet").to_pandas()
     assert {"jsonl:general.jsonl", "jsonl:physics.jsonl", "wikibooks_recipes"} == set(general["source"])
-    held = set(physics.loc[physics["split"] == "heldout", "doc_id"])
-    assert held and not held & set(general["doc_id"])
+    assert set(physics["split"]) == {"train", "heldout"}
     assert (workdir / "results/corpora/overview.png").stat().st_size > 10_000
+
+    held = set(physics.loc[physics["split"] == "heldout", "doc_id"]) | set(
+        general.loc[general["split"] == "heldout", "doc_id"]
+    )
+    for strategy in ("seed", "dense", "bm25", "random"):
+        selected = pq.read_table(workdir / f"results/retrieval/physics/{strategy}/docs.parquet").to_pandas()
+        summary = json.loads((workdir / f"results/retrieval/physics/{strategy}/summary.json").read_text())
+        assert summary["tokens"] <= 12000 and selected["doc_id"].is_unique
+        assert not held & set(selected["doc_id"])
+        assert (strategy == "seed") == (summary["retrieved_documents"] == 0)
+    comparison = json.loads((workdir / "results/retrieval/physics/comparison.json").read_text())
+    assert [r["strategy"] for r in comparison["strategies"]] == ["seed", "dense", "bm25", "random"]
+    assert (workdir / "results/retrieval/physics/comparison.png").exists()
     for log in ("logs/prepare_model.log", "logs/build_corpus/general.log", "logs/corpus_overview.log"):
         assert (workdir / log).exists(), log
     assert (workdir / "benchmarks/prepare_model.tsv").exists()
@@ -90,6 +105,23 @@ def test_end_to_end_on_tiny_model(test_config: Path) -> None:
     again = snakemake(workdir, "--configfile", str(test_config), "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Changing the seed set reruns retrieval onward, but never re-embeds the pool.
+    config = yaml.safe_load(test_config.read_text())
+    config["corpora"]["physics"]["heldout_fraction"] = 0.3
+    changed = test_config.with_name("changed.yaml")
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(workdir, "--configfile", str(changed), "-n"))
+    assert jobs["build_corpus"] == 1 and jobs["select_data"] == 4
+    assert jobs["embed_corpus"] == 1  # the seed set's own embeddings
+    assert "build_index" not in jobs and "prepare_model" not in jobs
+
+
+def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout + result.stderr
+    table = text[text.index("Job stats:") :].split("\n\n")[0]
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE) if k != "total"}
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ sys.path.insert(0, workflow.basedir)
 from ssae_steps._config import ConfigError, schema_errors  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
+from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
 from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -38,8 +39,38 @@ except ConfigError as exc:
 
 CORPORA = list(CORPUS_CONFIGS)
 SUBDOMAINS = [n for n, c in CORPUS_CONFIGS.items() if c.role == "subdomain"]
-if not any(c.role == "general" for c in CORPUS_CONFIGS.values()):
+GENERALS = [n for n, c in CORPUS_CONFIGS.items() if c.role == "general"]
+if not GENERALS:
     raise WorkflowError("invalid config: corpora: at least one corpus needs role: general")
+if not SUBDOMAINS:
+    raise WorkflowError("invalid config: corpora: at least one corpus needs role: subdomain")
+
+
+def _pick(key, value, candidates, role):
+    if value is None:
+        if len(candidates) != 1:
+            raise WorkflowError(f"invalid config: retrieval.{key}: name one of the {role} corpora {candidates}")
+        return candidates[0]
+    if value not in candidates:
+        raise WorkflowError(f"invalid config: retrieval.{key}: {value!r} is not a {role} corpus {candidates}")
+    return value
+
+
+try:
+    _retrieval = RetrievalConfig.from_dict(config.get("retrieval"))
+except ConfigError as exc:
+    raise WorkflowError(f"invalid config: {exc}")
+SUBDOMAIN = _pick("subdomain", _retrieval.subdomain, SUBDOMAINS, "subdomain")
+POOL = _pick("pool", _retrieval.pool, GENERALS, "general")
+STRATEGIES = list(_retrieval.strategies)
+# Resolved retrieval config (names filled in) as the steps receive it.
+RETRIEVAL = {**config["retrieval"], "subdomain": SUBDOMAIN, "pool": POOL}
+for _key, _value in (("embedder", {}), ("index", {})):
+    RETRIEVAL.setdefault(_key, _value)
+
+# `device: auto` resolves where the job runs; a rule asks for a GPU only when one is wanted.
+DEVICE = config["device"]
+GPU_PER_JOB = 1 if DEVICE == "cuda" else 0
 
 # Without --sdm conda, the interpreter running Snakemake runs every step (so a venv need
 # not be activated); with it, each rule's `python` comes from envs/ssae.yaml.

@@ -1,21 +1,16 @@
-def corpus_inputs(wildcards):
-    """Local source files (so edits rerun the corpus) and, for a general corpus, the
-    subdomain tables whose held-out documents it must exclude."""
-    cfg = CORPUS_CONFIGS[wildcards.corpus]
+def corpus_source_files(wildcards):
+    """Local source files, so that editing one rebuilds the corpus."""
     files = []
-    for i, source in enumerate(cfg.sources):
+    for i, source in enumerate(CORPUS_CONFIGS[wildcards.corpus].sources):
         if source.kind in FILE_KINDS:
             where = f"corpora.{wildcards.corpus}.sources[{i}]"
             files += [str(p) for p in expand_paths(source.path, where)]
-    exclude = []
-    if cfg.role == "general":
-        exclude = [f"results/corpora/{name}/docs.parquet" for name in SUBDOMAINS]
-    return {"files": files, "exclude": exclude}
+    return files
 
 
 rule build_corpus:
     input:
-        unpack(corpus_inputs),
+        files=corpus_source_files,
     output:
         table="results/corpora/{corpus}/docs.parquet",
         summary="results/corpora/{corpus}/summary.json",
@@ -33,8 +28,7 @@ rule build_corpus:
         "benchmarks/build_corpus/{corpus}.tsv"
     shell:
         "{PY:q} -m ssae_steps.corpus --name {wildcards.corpus} --params {params.cfg:q} "
-        "--seed {params.seed} --out-table {output.table} --out-summary {output.summary} "
-        "--exclude-heldout-of {input.exclude} > {log} 2>&1"
+        "--seed {params.seed} --out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
 
 
 rule corpus_overview:

@@ -1,0 +1,135 @@
+rule embed_corpus:
+    input:
+        table="results/corpora/{corpus}/docs.parquet",
+    output:
+        vectors="results/embeddings/{corpus}/vectors.npy",
+        meta="results/embeddings/{corpus}/meta.json",
+    wildcard_constraints:
+        corpus="|".join(CORPORA),
+    params:
+        cfg=as_json(config["retrieval"]["embedder"]),
+        device=DEVICE,
+        code=code_version("embed"),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/embed_corpus/{corpus}.log",
+    benchmark:
+        "benchmarks/embed_corpus/{corpus}.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.embed --params {params.cfg:q} --table {input.table} "
+        "--device {params.device} --out-vectors {output.vectors} --out-meta {output.meta} > {log} 2>&1"
+
+
+rule build_index:
+    input:
+        vectors="results/embeddings/{corpus}/vectors.npy",
+        meta="results/embeddings/{corpus}/meta.json",
+    output:
+        index="results/retrieval/index/{corpus}.faiss",
+        meta="results/retrieval/index/{corpus}.json",
+    wildcard_constraints:
+        corpus="|".join(CORPORA),
+    params:
+        cfg=as_json(config["retrieval"]["index"]),
+        seed=config["seed"],
+        code=code_version("faiss_index", "embed"),
+    conda:
+        ENV
+    log:
+        "logs/build_index/{corpus}.log",
+    benchmark:
+        "benchmarks/build_index/{corpus}.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.faiss_index --params {params.cfg:q} --vectors {input.vectors} "
+        "--meta {input.meta} --seed {params.seed} --out-index {output.index} --out-meta {output.meta} > {log} 2>&1"
+
+
+def selection_inputs(wildcards):
+    inputs = {
+        "seed": f"results/corpora/{SUBDOMAIN}/docs.parquet",
+        "pool": f"results/corpora/{POOL}/docs.parquet",
+        "model": "results/model/model.json",
+    }
+    if wildcards.strategy == "dense":
+        inputs |= {
+            "pool_vectors": f"results/embeddings/{POOL}/vectors.npy",
+            "pool_meta": f"results/embeddings/{POOL}/meta.json",
+            "pool_index": f"results/retrieval/index/{POOL}.faiss",
+            "seed_vectors": f"results/embeddings/{SUBDOMAIN}/vectors.npy",
+            "seed_meta": f"results/embeddings/{SUBDOMAIN}/meta.json",
+        }
+    return inputs
+
+
+def selection_params(wildcards):
+    """Only the keys a strategy reads, so e.g. a new embedder reruns dense alone."""
+    keys = ["subdomain", "pool", "token_budget", "include_seed"]
+    if wildcards.strategy in ("dense", "bm25"):
+        keys.append("neighbours_per_seed")
+    if wildcards.strategy == "dense":
+        keys += ["embedder", "index"]
+    return as_json({k: RETRIEVAL[k] for k in keys})
+
+
+def dense_flags(wildcards, input):
+    if wildcards.strategy != "dense":
+        return ""
+    return (
+        f"--pool-vectors {input.pool_vectors} --pool-meta {input.pool_meta} "
+        f"--pool-index {input.pool_index} --seed-vectors {input.seed_vectors} --seed-meta {input.seed_meta}"
+    )
+
+
+rule select_data:
+    input:
+        unpack(selection_inputs),
+    output:
+        table="results/retrieval/{subdomain}/{strategy}/docs.parquet",
+        summary="results/retrieval/{subdomain}/{strategy}/summary.json",
+    wildcard_constraints:
+        subdomain=SUBDOMAIN,
+        strategy="|".join(STRATEGIES),
+    params:
+        cfg=selection_params,
+        seed=config["seed"],
+        dense=dense_flags,
+        code=code_version("retrieve", "embed", "faiss_index"),
+    conda:
+        ENV
+    log:
+        "logs/select_data/{subdomain}/{strategy}.log",
+    benchmark:
+        "benchmarks/select_data/{subdomain}/{strategy}.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.retrieve --strategy {wildcards.strategy} --params {params.cfg:q} "
+        "--seed {params.seed} --seed-table {input.seed} --pool-table {input.pool} "
+        "--model-dir results/model/hf {params.dense} "
+        "--out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
+
+
+rule compare_selection:
+    input:
+        tables=expand("results/retrieval/{{subdomain}}/{strategy}/docs.parquet", strategy=STRATEGIES),
+    output:
+        md="results/retrieval/{subdomain}/comparison.md",
+        json="results/retrieval/{subdomain}/comparison.json",
+        plot=report(
+            "results/retrieval/{subdomain}/comparison.png",
+            caption="../report/retrieval_comparison.rst",
+            category="1. Data",
+        ),
+    wildcard_constraints:
+        subdomain=SUBDOMAIN,
+    params:
+        code=code_version("retrieval_report"),
+    conda:
+        ENV
+    log:
+        "logs/compare_selection/{subdomain}.log",
+    shell:
+        "{PY:q} -m ssae_steps.retrieval_report --tables {input.tables} --subdomain {wildcards.subdomain} "
+        "--out-md {output.md} --out-json {output.json} --out-plot {output.plot} > {log} 2>&1"
