@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/retrieval.smk"
+include: "workflow/rules/activations.smk"
 
 
 rule all:
@@ -26,3 +27,4 @@ rule all:
         expand("results/corpora/{corpus}/summary.json", corpus=CORPORA),
         "results/corpora/overview.png",
         f"results/retrieval/{SUBDOMAIN}/comparison.md",
+        activation_manifests(),

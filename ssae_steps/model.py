@@ -146,6 +146,45 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[
     return model.to(device).eval(), tokenizer
 
 
+def decoder_blocks(model: Any) -> Any:
+    """The ModuleList of decoder blocks of a Hugging Face causal LM."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        module = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if module is not None:
+            return module
+    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")
+
+
+class _StopForward(Exception):
+    pass
+
+
+def residual_stream(model: Any, input_ids: Any, attention_mask: Any, layer: int) -> Any:
+    """Residual-stream output of block ``layer`` (``[batch, seq, d_model]``), without
+    running the blocks after it or the LM head."""
+    import torch
+
+    captured: list[Any] = []
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = decoder_blocks(model)[layer].register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
 def next_token_loss(model: Any, tokenizer: Any, text: str) -> float:
     """Mean next-token cross-entropy (nats/token) of ``text``, BOS prepended."""
     import torch

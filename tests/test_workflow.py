@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+STRATS = ("seed", "dense", "bm25", "random")
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
@@ -53,6 +54,14 @@ def test_config(tiny_model_dir: Path, small_corpora: dict[str, Path], tmp_path_f
             },
         },
         "retrieval": {"token_budget": 12000, "neighbours_per_seed": 5, "embedder": {"batch_size": 32}},
+        "activations": {
+            "context_length": 32,
+            "batch_size": 8,
+            "shard_tokens": 1500,
+            "dtype": "float32",
+            "max_train_tokens": 4000,
+            "max_heldout_tokens": 1000,
+        },
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -69,6 +78,8 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["build_index"] == 1
     assert counts["select_data"] == 4  # seed, dense, bm25, random
     assert counts["compare_selection"] == 1
+    assert counts["cache_corpus_activations"] == 3  # pool train + pool held-out + subdomain held-out
+    assert counts["cache_selected_activations"] == 4
 
 
 def test_end_to_end_on_tiny_model(test_config: Path) -> None:
@@ -89,7 +100,7 @@ def test_end_to_end_on_tiny_model(test_config: Path) -> None:
     held = set(physics.loc[physics["split"] == "heldout", "doc_id"]) | set(
         general.loc[general["split"] == "heldout", "doc_id"]
     )
-    for strategy in ("seed", "dense", "bm25", "random"):
+    for strategy in STRATS:
         selected = pq.read_table(workdir / f"results/retrieval/physics/{strategy}/docs.parquet").to_pandas()
         summary = json.loads((workdir / f"results/retrieval/physics/{strategy}/summary.json").read_text())
         assert summary["tokens"] <= 12000 and selected["doc_id"].is_unique
@@ -98,6 +109,17 @@ def test_end_to_end_on_tiny_model(test_config: Path) -> None:
     comparison = json.loads((workdir / "results/retrieval/physics/comparison.json").read_text())
     assert [r["strategy"] for r in comparison["strategies"]] == ["seed", "dense", "bm25", "random"]
     assert (workdir / "results/retrieval/physics/comparison.png").exists()
+
+    acts = workdir / "results/activations"
+    general_train = json.loads((acts / "corpus/general/train/manifest.json").read_text())
+    assert general_train["d_model"] == 64 and general_train["hook_layer"] == 2
+    assert 3000 < general_train["tokens"] <= 4000 and len(general_train["shards"]) == 3
+    shard_docs = set()
+    for shard in general_train["shards"]:
+        shard_docs |= set(pq.read_table(acts / "corpus/general/train/shards" / shard["file"])["doc_id"].to_pylist())
+    assert not shard_docs & set(physics.loc[physics["split"] == "heldout", "doc_id"])
+    for name in ("corpus/general/heldout", "corpus/physics/heldout", *(f"selected/physics/{s}" for s in STRATS)):
+        assert json.loads((acts / name / "manifest.json").read_text())["tokens"] > 0
     for log in ("logs/prepare_model.log", "logs/build_corpus/general.log", "logs/corpus_overview.log"):
         assert (workdir / log).exists(), log
     assert (workdir / "benchmarks/prepare_model.tsv").exists()
@@ -115,6 +137,9 @@ def test_end_to_end_on_tiny_model(test_config: Path) -> None:
     assert jobs["build_corpus"] == 1 and jobs["select_data"] == 4
     assert jobs["embed_corpus"] == 1  # the seed set's own embeddings
     assert "build_index" not in jobs and "prepare_model" not in jobs
+    # Subdomain held-out set, every selected set, and the pool's training set (which drops
+    # the subdomain's held-out documents); never the pool's held-out set.
+    assert jobs["cache_corpus_activations"] == 2 and jobs["cache_selected_activations"] == 4
 
 
 def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:

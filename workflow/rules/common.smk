@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from ssae_steps._config import ConfigError, schema_errors  # noqa: E402
+from ssae_steps.activations import ActivationConfig  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
 from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
@@ -26,6 +27,7 @@ validate(config, schema=str(SCHEMA))
 # express and keeps the modules and the workflow in agreement.
 try:
     MODEL = ModelConfig.from_dict(config["model"])
+    ActivationConfig.from_dict(config["activations"])
     CORPUS_CONFIGS = {
         name: CorpusConfig.from_dict(spec, f"corpora.{name}")
         for name, spec in config["corpora"].items()

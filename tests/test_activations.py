@@ -1,0 +1,153 @@
+"""Activation shards: exact values, token counts, reader coverage, resume after a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ssae_steps.activation_reader import ActivationShardReader
+from ssae_steps.activations import ActivationConfig, cache_activations, make_windows
+from ssae_steps.corpus import CorpusConfig, build_corpus
+from ssae_steps.model import load_model
+
+LAYER = 2
+
+
+@pytest.fixture(scope="module")
+def corpus(small_corpora: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("act_corpus")
+    cfg = CorpusConfig.from_dict(
+        {"heldout_fraction": 0.2, "sources": [{"kind": "jsonl", "path": str(small_corpora["physics"])}]}, "corpora.p"
+    )
+    build_corpus("p", cfg, 0, root / "docs.parquet", root / "summary.json")
+    return root / "docs.parquet"
+
+
+def _cfg(**kw) -> ActivationConfig:
+    base = {
+        "context_length": 48,
+        "batch_size": 4,
+        "dtype": "float32",
+        "shard_tokens": 1000,
+        "max_train_tokens": None,
+        "max_heldout_tokens": None,
+    }
+    return ActivationConfig.from_dict({**base, **kw})
+
+
+def _rows(manifest: Path) -> pd.DataFrame:
+    info = json.loads(manifest.read_text())
+    frames = [pq.read_table(manifest.parent / "shards" / s["file"]).to_pandas() for s in info["shards"]]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_cached_activations_match_direct_forward(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    info = cache_activations(_cfg(), tiny_model_dir, LAYER, corpus, "train", tmp_path / "manifest.json")
+    rows = _rows(tmp_path / "manifest.json")
+    assert len(rows) == info["tokens"] == sum(s["rows"] for s in info["shards"])
+    assert not rows.duplicated(["doc_id", "position"]).any()
+
+    model, tok = load_model(tiny_model_dir)
+    docs = pd.read_parquet(corpus).set_index("doc_id")
+    hidden_at = {}
+    model.model.layers[LAYER].register_forward_hook(lambda m, i, o: hidden_at.__setitem__("h", o))
+    for doc_id in rows["doc_id"].unique()[:5]:
+        ids = tok(docs.loc[doc_id, "text"], add_special_tokens=False).input_ids
+        first_window = [tok.bos_token_id] + ids[:47]  # BOS + context_length - 1 tokens
+        with torch.inference_mode():
+            model(torch.tensor([first_window]))
+        want = hidden_at["h"][0, 1:].numpy()
+        got = rows[(rows["doc_id"] == doc_id) & (rows["position"] < 47)].sort_values("position")
+        assert got["token_id"].tolist() == ids[:47]
+        np.testing.assert_allclose(np.stack(got["activation"].to_numpy()), want, rtol=1e-4, atol=1e-4)
+
+    stats = info["stats"]
+    acts = np.stack(rows["activation"].to_numpy()).astype(np.float64)
+    np.testing.assert_allclose(stats["mean"], acts.mean(0), rtol=1e-6, atol=1e-6)
+    assert stats["norm_mean"] == pytest.approx(np.linalg.norm(acts, axis=1).mean(), rel=1e-6)
+
+
+def test_token_counts_match_tokenizer(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    _, tok = load_model(tiny_model_dir)
+    docs = pd.read_parquet(corpus)
+    held = docs[docs["split"] == "heldout"]
+    want = sum(len(ids) for ids in tok(held["text"].tolist(), add_special_tokens=False).input_ids)
+    info = cache_activations(_cfg(dtype="float16"), tiny_model_dir, LAYER, corpus, "heldout", tmp_path / "m.json")
+    assert info["tokens"] == want
+    assert info["documents"] == len(held)
+    assert set(_rows(tmp_path / "m.json")["doc_id"]) == set(held["doc_id"])
+
+
+def test_caps_and_exclusion(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    info = cache_activations(_cfg(max_train_tokens=700), tiny_model_dir, LAYER, corpus, "all", tmp_path / "a.json")
+    assert 600 < info["tokens"] <= 700  # whole windows of at most 47 tokens
+    cache_activations(_cfg(), tiny_model_dir, LAYER, corpus, "all", tmp_path / "b.json", exclude_heldout_of=[corpus])
+    docs = pd.read_parquet(corpus)
+    assert set(_rows(tmp_path / "b.json")["doc_id"]) == set(docs.loc[docs["split"] == "train", "doc_id"])
+
+
+def test_windows() -> None:
+    windows = make_windows([[1] * 10, [2] * 3], context_length=5, max_tokens=None)
+    assert [(w.doc, w.start, len(w.ids)) for w in windows] == [(0, 0, 4), (0, 4, 4), (0, 8, 2), (1, 0, 3)]
+    assert len(make_windows([[1] * 10, [2] * 3], 5, max_tokens=9)) == 2
+
+
+def test_reader_visits_every_token_once_per_epoch(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    info = cache_activations(_cfg(shard_tokens=500), tiny_model_dir, LAYER, corpus, "train", tmp_path / "m.json")
+    assert len(info["shards"]) >= 4
+    reader = ActivationShardReader(tmp_path / "m.json", batch_size=64, seed=1, shards_in_memory=2, with_metadata=True)
+    orders = []
+    for _ in range(2):
+        seen = []
+        for batch in reader:
+            assert batch["activation"].dtype == torch.float32 and batch["activation"].shape[1] == 64
+            seen += list(zip(batch["doc_id"], batch["position"], strict=True))
+        assert len(seen) == len(set(seen)) == info["tokens"]
+        orders.append(seen)
+    assert orders[0] != orders[1]  # reshuffled per epoch
+    assert set(orders[0]) == set(orders[1])
+    assert reader.peak_rows <= 3 * 500  # bounded by shards in memory, not corpus size
+    assert len(reader) == -(-info["tokens"] // 64)
+
+
+def test_resume_after_crash_keeps_shards_and_writes_no_duplicates(
+    tiny_model_dir: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssae_steps.model as model_module
+
+    clean = cache_activations(
+        _cfg(shard_tokens=300), tiny_model_dir, LAYER, corpus, "train", tmp_path / "clean" / "m.json"
+    )
+    real = model_module.residual_stream
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise KeyboardInterrupt  # killed mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "residual_stream", crashing)
+    manifest = tmp_path / "run" / "m.json"
+    with pytest.raises(KeyboardInterrupt):
+        cache_activations(_cfg(shard_tokens=300), tiny_model_dir, LAYER, corpus, "train", manifest)
+    assert not manifest.exists()
+    kept = sorted((manifest.parent / "shards").glob("shard-*.parquet"))
+    assert kept and not list((manifest.parent / "shards").glob(".*"))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in kept}
+
+    monkeypatch.setattr(model_module, "residual_stream", real)
+    resumed = cache_activations(_cfg(shard_tokens=300), tiny_model_dir, LAYER, corpus, "train", manifest)
+    assert all((manifest.parent / "shards" / n).stat().st_mtime_ns == t for n, t in mtimes.items())
+    assert resumed["tokens"] == clean["tokens"]
+    a, b = _rows(manifest), _rows(tmp_path / "clean" / "m.json")
+    assert not a.duplicated(["doc_id", "position"]).any()
+    pd.testing.assert_frame_equal(a.drop(columns="activation"), b.drop(columns="activation"))
+    np.testing.assert_allclose(np.stack(a["activation"]), np.stack(b["activation"]), atol=1e-5)
+    np.testing.assert_allclose(resumed["stats"]["mean"], clean["stats"]["mean"], atol=1e-6)
