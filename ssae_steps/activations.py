@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,8 @@ from ssae_steps._io import atomic_path, remove_stale_temporaries, write_json
 
 log = logging.getLogger("ssae.activations")
 SHARD_PATTERN = "shard-{:05d}.parquet"
+# Activations compress poorly and slowly; the small columns compress well.
+SHARD_COMPRESSION = {"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"}
 
 
 @dataclass
@@ -140,11 +143,12 @@ class _RunningStats:
         self.norm_max = 0.0
 
     def add(self, x: np.ndarray) -> None:
-        x = x.astype(np.float64)
+        # Called per batch (a few thousand rows): float32 partial sums, float64 totals.
+        x = x.astype(np.float32, copy=False)
         norms = np.linalg.norm(x, axis=1)
         self.n += len(x)
         self.sum += x.sum(0)
-        self.sumsq += (x * x).sum(0)
+        self.sumsq += np.einsum("ij,ij->j", x, x)
         self.norm_sum += float(norms.sum())
         self.norm_sumsq += float((norms * norms).sum())
         self.norm_max = max(self.norm_max, float(norms.max(initial=0.0)))
@@ -180,6 +184,32 @@ def _shard_table(doc_ids: list[str], positions: np.ndarray, tokens: np.ndarray, 
     return table.replace_schema_metadata({"ssae.run_key": run_key})
 
 
+def _forward_batch(
+    model: Any, batch: list[Window], doc_ids: list[str], bos: int | None, pad: int, layer: int
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``(doc_ids, positions, token_ids, activations)`` of one batch of windows,
+    BOS prepended for the model and dropped from the rows with the right padding."""
+    import torch
+
+    from ssae_steps import model as model_module  # looked up per call, so tests can intercept it
+
+    offset = 1 if bos is not None else 0
+    width = max(len(w.ids) for w in batch) + offset
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, w in enumerate(batch):
+        row = ([bos] if offset else []) + w.ids
+        input_ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    device = next(model.parameters()).device
+    hidden = model_module.residual_stream(model, input_ids.to(device), mask.to(device), layer).float().cpu().numpy()
+    acts = np.concatenate([hidden[r, offset : offset + len(w.ids)] for r, w in enumerate(batch)])
+    ids = [doc_ids[w.doc] for w in batch for _ in w.ids]
+    pos = np.concatenate([np.arange(w.start, w.start + len(w.ids)) for w in batch])
+    tok = np.concatenate([np.asarray(w.ids) for w in batch])
+    return ids, pos, tok, acts
+
+
 def _complete_shards(shard_dir: Path, run_key: str, shard_tokens: int) -> int:
     """Number of leading full shards written by this same run; clears anything else."""
     import pyarrow.parquet as pq
@@ -209,10 +239,9 @@ def cache_activations(
 ) -> dict[str, Any]:
     """Cache the activations of ``table``'s ``split`` documents; return the manifest."""
     import pyarrow.parquet as pq
-    import torch
     from tqdm import tqdm
 
-    from ssae_steps.model import load_model, residual_stream
+    from ssae_steps.model import load_model
 
     started = time.time()
     manifest = Path(manifest)
@@ -236,7 +265,9 @@ def cache_activations(
     stats = _RunningStats(dim)
     for i in range(done):
         column = pq.read_table(shard_dir / SHARD_PATTERN.format(i), columns=["activation"])["activation"]
-        stats.add(column.combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim))
+        values = column.combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        for start in range(0, len(values), 4096):
+            stats.add(values[start : start + 4096])
     store = np.float16 if cfg.dtype == "float16" else np.float32
     bos = tokenizer.bos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -245,6 +276,14 @@ def cache_activations(
     shard_index = done
     emitted = 0
     shards = [{"file": SHARD_PATTERN.format(i), "rows": cfg.shard_tokens} for i in range(done)]
+    # Shards are written by one background thread (Arrow releases the GIL) while the next
+    # batches run; at most one write is in flight, bounding memory.
+    writer = ThreadPoolExecutor(max_workers=1)
+    pending: list[Future[None]] = []
+
+    def write_shard(path: Path, table: Any) -> None:
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression=SHARD_COMPRESSION)
 
     def flush(final: bool) -> None:
         nonlocal buffer, buffered, shard_index
@@ -253,50 +292,42 @@ def cache_activations(
             pos, tok, act = (np.concatenate([b[k] for b in buffer]) for k in (1, 2, 3))
             n = min(cfg.shard_tokens, buffered)
             name = SHARD_PATTERN.format(shard_index)
-            with atomic_path(shard_dir / name) as tmp:
-                pq.write_table(
-                    _shard_table(ids[:n], pos[:n], tok[:n], act[:n], run_key),
-                    tmp,
-                    compression={"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"},
-                )
-            stats.add(act[:n])
+            while pending:
+                pending.pop().result()
+            table = _shard_table(ids[:n], pos[:n], tok[:n], act[:n], run_key)
+            pending.append(writer.submit(write_shard, shard_dir / name, table))
             shards.append({"file": name, "rows": n})
             shard_index += 1
             buffer = [(ids[n:], pos[n:], tok[n:], act[n:])] if buffered > n else []
             buffered -= n
 
-    offset = 1 if bos is not None else 0
-    device_of_model = next(model.parameters()).device
-    for batch in tqdm(
+    progress = tqdm(
         batches_by_length(windows, cfg.batch_size), desc="forward", unit="batch", file=sys.stderr, mininterval=5
-    ):
-        rows = sum(len(w.ids) for w in batch)
-        if emitted + rows <= skip:
+    )
+    try:
+        for batch in progress:
+            rows = sum(len(w.ids) for w in batch)
+            if emitted + rows <= skip:
+                emitted += rows
+                continue
+            ids, pos, tok, acts = _forward_batch(model, batch, doc_ids, bos, pad, hook_layer)
+            drop = max(0, skip - emitted)
             emitted += rows
-            continue
-        width = max(len(w.ids) for w in batch) + offset
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, w in enumerate(batch):
-            row = ([bos] if offset else []) + w.ids
-            input_ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-        hidden = residual_stream(model, input_ids.to(device_of_model), mask.to(device_of_model), hook_layer)
-        hidden = hidden.float().cpu().numpy()
-        acts = np.concatenate([hidden[r, offset : offset + len(w.ids)] for r, w in enumerate(batch)])
-        ids = [doc_ids[w.doc] for w in batch for _ in w.ids]
-        pos = np.concatenate([np.arange(w.start, w.start + len(w.ids)) for w in batch])
-        tok = np.concatenate([np.asarray(w.ids) for w in batch])
-        drop = max(0, skip - emitted)
-        emitted += rows
-        if not np.isfinite(acts).all():
-            raise FloatingPointError("non-finite activations from the model; check the model dtype")
-        if store is np.float16 and np.abs(acts).max() > np.finfo(np.float16).max:
-            raise ConfigError("activations.dtype: float16 overflows on this model's activations; use float32")
-        buffer.append((ids[drop:], pos[drop:], tok[drop:], acts[drop:].astype(store)))
-        buffered += rows - drop
-        flush(final=False)
-    flush(final=True)
+            largest = float(np.abs(acts).max())
+            if not math.isfinite(largest):
+                raise FloatingPointError("non-finite activations from the model; check the model dtype")
+            if store is np.float16 and largest > np.finfo(np.float16).max:
+                raise ConfigError("activations.dtype: float16 overflows on this model's activations; use float32")
+            stats.add(acts[drop:])
+            buffer.append((ids[drop:], pos[drop:], tok[drop:], acts[drop:].astype(store)))
+            buffered += rows - drop
+            flush(final=False)
+        flush(final=True)
+        while pending:
+            pending.pop().result()
+    finally:
+        # On a crash, let the write in flight finish: a shard is complete or absent.
+        writer.shutdown(wait=True)
 
     total = sum(s["rows"] for s in shards)
     info = {

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.tiny_model import build_tiny_model
 
@@ -43,3 +46,66 @@ def small_corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 handle.write(json.dumps(row) + "\n")
         files[name] = path
     return files
+
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="session")
+def pipeline_config(
+    tiny_model_dir: Path, small_corpora: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    workdir = tmp_path_factory.mktemp("local_run")
+    config = {
+        "seed": 7,
+        "model": {"source": "local", "name": str(tiny_model_dir), "hook_layer": 2},
+        "corpora": {
+            "general": {
+                "role": "general",
+                "heldout_fraction": 0.1,
+                "sources": [
+                    {"kind": "jsonl", "path": str(small_corpora["general"]), "label_fields": ["topic"]},
+                    {"kind": "jsonl", "path": str(small_corpora["physics"])},
+                    {"kind": "wikibooks_recipes", "max_docs": 40},
+                ],
+            },
+            "physics": {
+                "role": "subdomain",
+                "heldout_fraction": 0.25,
+                "sources": [
+                    {"kind": "jsonl", "path": str(small_corpora["physics"]), "label_fields": ["title", "topic"]},
+                ],
+            },
+        },
+        "retrieval": {"token_budget": 12000, "neighbours_per_seed": 5, "embedder": {"batch_size": 32}},
+        "activations": {
+            "context_length": 32,
+            "batch_size": 8,
+            "shard_tokens": 1500,
+            "dtype": "float32",
+            "max_train_tokens": 4000,
+            "max_heldout_tokens": 1000,
+        },
+    }
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_run(pipeline_config: Path) -> Path:
+    """The tiny pipeline run once, locally with 2 cores; returns its working directory."""
+    result = snakemake(pipeline_config.parent, "--configfile", str(pipeline_config), "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return pipeline_config.parent

@@ -3,69 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, snakemake
+
 STRATS = ("seed", "dense", "bm25", "random")
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-
-
-@pytest.fixture(scope="module")
-def test_config(tiny_model_dir: Path, small_corpora: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("wf")
-    config = {
-        "seed": 7,
-        "model": {"source": "local", "name": str(tiny_model_dir), "hook_layer": 2},
-        "corpora": {
-            "general": {
-                "role": "general",
-                "heldout_fraction": 0.1,
-                "sources": [
-                    {"kind": "jsonl", "path": str(small_corpora["general"]), "label_fields": ["topic"]},
-                    {"kind": "jsonl", "path": str(small_corpora["physics"])},
-                    {"kind": "wikibooks_recipes", "max_docs": 40},
-                ],
-            },
-            "physics": {
-                "role": "subdomain",
-                "heldout_fraction": 0.25,
-                "sources": [
-                    {"kind": "jsonl", "path": str(small_corpora["physics"]), "label_fields": ["title", "topic"]},
-                ],
-            },
-        },
-        "retrieval": {"token_budget": 12000, "neighbours_per_seed": 5, "embedder": {"batch_size": 32}},
-        "activations": {
-            "context_length": 32,
-            "batch_size": 8,
-            "shard_tokens": 1500,
-            "dtype": "float32",
-            "max_train_tokens": 4000,
-            "max_heldout_tokens": 1000,
-        },
-    }
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
@@ -82,10 +31,9 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["cache_selected_activations"] == 4
 
 
-def test_end_to_end_on_tiny_model(test_config: Path) -> None:
-    workdir = test_config.parent
-    result = snakemake(workdir, "--configfile", str(test_config), "--cores", "2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_end_to_end_on_tiny_model(local_run: Path) -> None:
+    workdir = local_run
+    test_config = workdir / "config.yaml"
 
     model = json.loads((workdir / "results/model/model.json").read_text())
     assert model["n_layers"] == 4 and model["hook_layer"] == 2
@@ -128,18 +76,76 @@ def test_end_to_end_on_tiny_model(test_config: Path) -> None:
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    # Changing the seed set reruns retrieval onward, but never re-embeds the pool.
-    config = yaml.safe_load(test_config.read_text())
-    config["corpora"]["physics"]["heldout_fraction"] = 0.3
-    changed = test_config.with_name("changed.yaml")
+
+def _with(config: dict, dotted: str, value: object) -> dict:
+    config = json.loads(json.dumps(config))
+    *path, last = dotted.split(".")
+    node = config
+    for key in path:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        # A new seed set: its corpus, embeddings, retrieval onward; the pool's training
+        # activations too (they drop the subdomain's held-out documents). Never the model,
+        # the pool's embeddings or index, or the pool's held-out activations.
+        (
+            "corpora.physics.heldout_fraction",
+            0.3,
+            {
+                "build_corpus": 1,
+                "corpus_overview": 1,
+                "embed_corpus": 1,
+                "select_data": 4,
+                "compare_selection": 1,
+                "cache_corpus_activations": 2,
+                "cache_selected_activations": 4,
+            },
+        ),
+        # A retrieval parameter: selection onward only.
+        (
+            "retrieval.token_budget",
+            11000,
+            {"select_data": 4, "compare_selection": 1, "cache_selected_activations": 4},
+        ),
+        # An index parameter: the index and what reads it (dense selection) only.
+        (
+            "retrieval.index.type",
+            "hnsw",
+            {"build_index": 1, "select_data": 1, "compare_selection": 1, "cache_selected_activations": 1},
+        ),
+        # An activation parameter: the activation sets only.
+        ("activations.batch_size", 4, {"cache_corpus_activations": 3, "cache_selected_activations": 4}),
+    ],
+)
+def test_config_change_reruns_only_dependent_stages(local_run: Path, key: str, value: object, expected: dict) -> None:
+    config = _with(yaml.safe_load((local_run / "config.yaml").read_text()), key, value)
+    changed = local_run / f"changed-{key}.yaml"
     changed.write_text(yaml.safe_dump(config))
-    jobs = planned_jobs(snakemake(workdir, "--configfile", str(changed), "-n"))
-    assert jobs["build_corpus"] == 1 and jobs["select_data"] == 4
-    assert jobs["embed_corpus"] == 1  # the seed set's own embeddings
-    assert "build_index" not in jobs and "prepare_model" not in jobs
-    # Subdomain held-out set, every selected set, and the pool's training set (which drops
-    # the subdomain's held-out documents); never the pool's held-out set.
-    assert jobs["cache_corpus_activations"] == 2 and jobs["cache_selected_activations"] == 4
+    jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
+    jobs.pop("all", None)
+    assert jobs == expected
+
+
+def test_module_edit_reruns_only_its_rules(local_run: Path, tmp_path: Path) -> None:
+    """Snakemake does not track imported modules; the code fingerprint in params does."""
+    copy = tmp_path / "workflow_copy"
+    copy.mkdir()
+    for part in ("Snakefile", "workflow", "ssae_steps", "envs", "config.yaml"):
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / part)
+    config = ["--configfile", str(local_run / "config.yaml")]
+    before = snakemake(local_run, "-s", str(copy / "Snakefile"), *config, "-n")
+    assert "Nothing to be done" in before.stdout + before.stderr
+    module = copy / "ssae_steps" / "retrieval_report.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    jobs = planned_jobs(snakemake(local_run, "-s", str(copy / "Snakefile"), *config, "-n"))
+    jobs.pop("all", None)
+    assert jobs == {"compare_selection": 1}
 
 
 def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
@@ -167,8 +173,8 @@ def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
         ),
     ],
 )
-def test_bad_config_stops_before_any_job(test_config: Path, tmp_path: Path, patch: dict, expected: str) -> None:
-    config = yaml.safe_load(test_config.read_text())
+def test_bad_config_stops_before_any_job(local_run: Path, tmp_path: Path, patch: dict, expected: str) -> None:
+    config = yaml.safe_load((local_run / "config.yaml").read_text())
     config.update(patch)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
