@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -99,6 +101,13 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     return obj
 
 
+def require_at_least(where: str, minimum: int, **values: int | float | None) -> None:
+    """Raise naming ``where.key`` for the first value below ``minimum`` (None passes)."""
+    for key, value in values.items():
+        if value is not None and value < minimum:
+            raise ConfigError(f"{where}.{key}: must be >= {minimum}, got {value}")
+
+
 def to_mapping(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
@@ -128,3 +137,15 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' requested but torch sees no GPU (use 'auto' or 'cpu')")
     return name
+
+
+def run_stage(body: Callable[[], object]) -> int:
+    """Run a stage's command-line body: log to stderr; a :class:`ConfigError` becomes one
+    ``error: ...`` line and exit status 2 (no traceback for bad input)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        body()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ssae_steps._config import ConfigError, from_mapping, resolve_device, to_mapping
+from ssae_steps._config import ConfigError, from_mapping, require_at_least, resolve_device, run_stage, to_mapping
 from ssae_steps._io import atomic_path, remove_stale_temporaries, write_json
 
 log = logging.getLogger("ssae.activations")
@@ -55,15 +55,15 @@ class ActivationConfig:
     """Cap on tokens cached from a held-out (evaluation) set."""
 
     def validate(self, where: str) -> None:
-        if self.context_length < 2:
-            raise ConfigError(f"{where}.context_length: must be >= 2, got {self.context_length}")
-        for key in ("batch_size", "shard_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("max_train_tokens", "max_heldout_tokens"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{where}.{key}: must be >= 1 or null, got {value}")
+        require_at_least(where, 2, context_length=self.context_length)
+        require_at_least(
+            where,
+            1,
+            batch_size=self.batch_size,
+            shard_tokens=self.shard_tokens,
+            max_train_tokens=self.max_train_tokens,
+            max_heldout_tokens=self.max_heldout_tokens,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "activations") -> ActivationConfig:
@@ -365,12 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    if args.threads:
-        import torch
 
-        torch.set_num_threads(args.threads)
-    try:
+    def body() -> None:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         cfg = ActivationConfig.from_dict(json.loads(args.params))
         cache_activations(
             cfg,
@@ -382,10 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             args.exclude_heldout_of,
             args.device,
         )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

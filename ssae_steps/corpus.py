@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from ssae_steps._config import ConfigError, from_mapping
+from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage
 from ssae_steps._io import atomic_path, write_json
 from ssae_steps.text_sources import SourceConfig, read_source
 
@@ -56,10 +56,8 @@ class CorpusConfig:
             raise ConfigError(f"{where}.sources: at least one source is required")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError(f"{where}.heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
-        if self.min_chars < 1:
-            raise ConfigError(f"{where}.min_chars: must be >= 1, got {self.min_chars}")
-        if self.max_docs is not None and self.max_docs < 2:
-            raise ConfigError(f"{where}.max_docs: must be >= 2, got {self.max_docs}")
+        require_at_least(where, 1, min_chars=self.min_chars)
+        require_at_least(where, 2, max_docs=self.max_docs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> CorpusConfig:
@@ -204,14 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-table", required=True)
     parser.add_argument("--out-summary", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> None:
         cfg = CorpusConfig.from_dict(json.loads(args.params), f"corpora.{args.name}")
         build_corpus(args.name, cfg, args.seed, args.out_table, args.out_summary)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

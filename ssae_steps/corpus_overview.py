@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ssae_steps._config import run_stage
 from ssae_steps._io import atomic_path
 
 log = logging.getLogger("ssae.corpus_overview")
@@ -77,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-plot", required=True)
     parser.add_argument("--out-table", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    corpus_overview(args.tables, args.out_plot, args.out_table)
-    return 0
+
+    def body() -> None:
+        corpus_overview(args.tables, args.out_plot, args.out_table)
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

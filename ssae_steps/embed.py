@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ssae_steps._config import ConfigError, from_mapping, resolve_device, to_mapping
+from ssae_steps._config import ConfigError, from_mapping, require_at_least, resolve_device, run_stage, to_mapping
 from ssae_steps._io import atomic_path, write_json
 
 log = logging.getLogger("ssae.embed")
@@ -42,10 +42,8 @@ class EmbedderConfig:
     """Word pieces per document the embedder reads; longer documents are truncated."""
 
     def validate(self, where: str) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
-        if self.max_seq_length < 8:
-            raise ConfigError(f"{where}.max_seq_length: must be >= 8, got {self.max_seq_length}")
+        require_at_least(where, 1, batch_size=self.batch_size)
+        require_at_least(where, 8, max_seq_length=self.max_seq_length)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "retrieval.embedder") -> EmbedderConfig:
@@ -142,15 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-meta", required=True)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> None:
         embed_corpus(
             EmbedderConfig.from_dict(json.loads(args.params)), args.table, args.out_vectors, args.out_meta, args.device
         )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ssae_steps._config import ConfigError, from_mapping, to_mapping
+from ssae_steps._config import from_mapping, require_at_least, run_stage, to_mapping
 from ssae_steps._io import atomic_path, write_json
 from ssae_steps.embed import load_embeddings
 
@@ -41,9 +41,7 @@ class IndexConfig:
     """HNSW: search beam width."""
 
     def validate(self, where: str) -> None:
-        for key in ("nlist", "nprobe", "hnsw_m", "ef_search"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        require_at_least(where, 1, nlist=self.nlist, nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "retrieval.index") -> IndexConfig:
@@ -112,14 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-index", required=True)
     parser.add_argument("--out-meta", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> None:
         cfg = IndexConfig.from_dict(json.loads(args.params))
         build_pool_index(cfg, args.vectors, args.meta, args.out_index, args.out_meta, args.seed)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ssae_steps._config import ConfigError, from_mapping, to_mapping
+from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
 from ssae_steps._io import atomic_path, remove_stale_temporaries, write_json
 
 log = logging.getLogger("ssae.model")
@@ -62,8 +62,7 @@ class ModelConfig:
     def validate(self, where: str) -> None:
         if not self.name:
             raise ConfigError(f"{where}.name: must not be empty")
-        if self.hook_layer < 0:
-            raise ConfigError(f"{where}.hook_layer: must be >= 0, got {self.hook_layer}")
+        require_at_least(where, 0, hook_layer=self.hook_layer)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "model") -> ModelConfig:
@@ -256,13 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--manifest", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> None:
         prepare_model(ModelConfig.from_dict(json.loads(args.params)), args.out_dir, args.manifest)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ssae_steps._config import run_stage
 from ssae_steps._io import atomic_path, write_json, write_text
 
 log = logging.getLogger("ssae.retrieval_report")
@@ -158,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-plot", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    retrieval_report(args.tables, args.subdomain, args.out_md, args.out_json, args.out_plot)
-    return 0
+
+    def body() -> None:
+        retrieval_report(args.tables, args.subdomain, args.out_md, args.out_json, args.out_plot)
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

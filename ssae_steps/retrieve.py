@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ssae_steps._config import ConfigError, from_mapping
+from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage
 from ssae_steps._io import atomic_path, write_json
 from ssae_steps.embed import EmbedderConfig
 from ssae_steps.faiss_index import IndexConfig
@@ -67,10 +67,7 @@ class RetrievalConfig:
             raise ConfigError(f"{where}.strategies: name at least one strategy")
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"{where}.strategies: duplicates in {self.strategies}")
-        if self.token_budget < 1:
-            raise ConfigError(f"{where}.token_budget: must be >= 1, got {self.token_budget}")
-        if self.neighbours_per_seed < 1:
-            raise ConfigError(f"{where}.neighbours_per_seed: must be >= 1, got {self.neighbours_per_seed}")
+        require_at_least(where, 1, token_budget=self.token_budget, neighbours_per_seed=self.neighbours_per_seed)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "retrieval") -> RetrievalConfig:
@@ -341,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-table", required=True)
     parser.add_argument("--out-summary", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    from transformers import AutoTokenizer
 
-    try:
+    def body() -> None:
+        from transformers import AutoTokenizer
+
         cfg = RetrievalConfig.from_dict(json.loads(args.params))
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
         dense = None
@@ -361,10 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             dense,
         )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ssae_steps._config import ConfigError
+from ssae_steps._config import ConfigError, require_at_least
 
 SourceKind = Literal["wiki_summaries", "wikibooks_recipes", "python_docs", "jsonl", "parquet", "txt", "hf_dataset"]
 FILE_KINDS = ("jsonl", "parquet", "txt")
@@ -63,8 +63,7 @@ class SourceConfig:
             raise ConfigError(f"{where}.path: required for a {self.kind} source")
         if self.kind == "hf_dataset" and not self.name:
             raise ConfigError(f"{where}.name: required for an hf_dataset source")
-        if self.max_docs is not None and self.max_docs < 1:
-            raise ConfigError(f"{where}.max_docs: must be >= 1, got {self.max_docs}")
+        require_at_least(where, 1, max_docs=self.max_docs)
 
     @property
     def label(self) -> str:

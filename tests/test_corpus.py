@@ -127,3 +127,17 @@ def test_bad_inputs_name_key_or_file(tmp_path: Path) -> None:
     (tmp_path / "one.jsonl").write_text(json.dumps({"text": LONG * 4}) + "\n")
     with pytest.raises(ConfigError, match=r"corpora.c.heldout_fraction: .* empty"):
         _build(tmp_path, {"sources": [{"kind": "jsonl", "path": str(tmp_path / "one.jsonl")}]})
+
+
+def test_stage_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ssae_steps.corpus import main
+
+    params = json.dumps({"sources": [{"kind": "jsonl", "path": str(tmp_path / "missing.jsonl")}]})
+    out = ["--out-table", str(tmp_path / "t.parquet"), "--out-summary", str(tmp_path / "s.json")]
+    assert main(["--name", "x", "--params", params, *out]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("error: corpora.x.sources[0].path: no file matches " + repr(str(tmp_path / "missing.jsonl")))
+    )
+    assert not (tmp_path / "t.parquet").exists()
