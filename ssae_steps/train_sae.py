@@ -1,0 +1,231 @@
+"""Train a sparse autoencoder on cached activations: the general SAE from scratch, or a
+specialised SAE from scratch or by finetuning the general one, with Tilted ERM.
+
+Objective per batch: ``tilted_loss(l_i, tilt)`` over per-token reconstruction losses
+``l_i = ||x_i - x_hat_i||^2 / d_in`` (in normalised units) - ``tilt = 0`` is plain ERM -
+plus the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK, the
+AuxK loss that teaches dead latents to model the residual (Gao et al. 2024).
+
+Checkpoints (``checkpoint.pt``: weights, optimiser, step, data position, RNG, firing
+counters) are written atomically every ``checkpoint_every`` steps; a rerun with the same
+configuration resumes from the last one and ends with the same weights as an
+uninterrupted run. Non-finite losses or weights stop the run with an error, before any
+checkpoint of them is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ssae_steps._config import ConfigError, from_mapping, require_at_least, to_mapping
+from ssae_steps._io import atomic_path, write_json
+from ssae_steps.activation_reader import ActivationShardReader
+from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
+
+log = logging.getLogger("ssae.train_sae")
+LOG_FIELDS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_fraction", "aux_loss"]
+
+
+@dataclass
+class TrainConfig:
+    """One SAE training run."""
+
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    """Architecture and width (``d_in`` is taken from the activations)."""
+    init: Literal["scratch", "finetune"] = "scratch"
+    """scratch: random init; finetune: start from the SAE given as ``init_from``."""
+    tilt: float = 0.0
+    """Tilted ERM temperature t; 0 is plain ERM."""
+    lr: float = 4e-4
+    batch_size: int = 4096
+    """Tokens per step."""
+    epochs: float = 1.0
+    """Passes over the activation set (fractions allowed)."""
+    aux_k: int = 256
+    """TopK: latents in the AuxK reconstruction of the residual."""
+    aux_coefficient: float = 1 / 32
+    dead_after_tokens: int = 100_000
+    """A latent that has not fired for this many tokens counts as dead."""
+    log_every: int = 20
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        require_at_least(where, 1, batch_size=self.batch_size, aux_k=self.aux_k, log_every=self.log_every)
+        require_at_least(where, 1, checkpoint_every=self.checkpoint_every, dead_after_tokens=self.dead_after_tokens)
+        if self.tilt < 0 or self.lr <= 0 or self.epochs <= 0:
+            raise ConfigError(f"{where}: tilt must be >= 0, lr and epochs > 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "training") -> TrainConfig:
+        return from_mapping(cls, data, where)
+
+
+def input_scale_from(manifest: dict[str, Any]) -> float:
+    """Scale making the mean activation norm sqrt(d_in) (SAELens' expected_average_only_in)."""
+    return math.sqrt(manifest["d_model"]) / manifest["stats"]["norm_mean"]
+
+
+def _step_losses(
+    sae: SparseAutoencoder, x: torch.Tensor, cfg: TrainConfig, tokens_since_fired: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    xn = x * sae.input_scale
+    aux = torch.zeros(())
+    if cfg.sae.architecture == "topk":
+        pre = sae.pre_activations(x)
+        values, indices = torch.topk(torch.relu(pre), cfg.sae.k, dim=-1, sorted=False)
+        recon = sae.decode_sparse(values, indices) * sae.input_scale
+        fired = torch.zeros(cfg.sae.d_sae, dtype=torch.bool).index_fill_(0, indices[values > 0].unique(), True)
+        l0 = float((values > 0).sum(-1).float().mean())
+        sparsity = torch.zeros(())
+        dead = tokens_since_fired >= cfg.dead_after_tokens
+        if dead.any():
+            k_aux = min(cfg.aux_k, int(dead.sum()))
+            aux_vals, aux_idx = torch.topk(torch.relu(pre.masked_fill(~dead, float("-inf"))), k_aux, dim=-1)
+            residual = (xn - recon).detach()
+            aux_recon = torch.nn.functional.embedding_bag(aux_idx, sae.W_dec, per_sample_weights=aux_vals, mode="sum")
+            denom = (residual - residual.mean(0)).square().sum(-1).mean().clamp_min(1e-8)
+            aux = (aux_recon - residual).square().sum(-1).mean() / denom
+    else:
+        z = sae.encode(x)
+        recon = z @ sae.W_dec + sae.b_dec
+        fired = (z > 0).any(0)
+        l0 = float((z > 0).sum(-1).float().mean())
+        if cfg.sae.architecture == "relu":
+            sparsity = cfg.sae.l1_coefficient * (z * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        else:
+            from ssae_steps.sae import JumpStep
+
+            threshold = sae.log_threshold.exp()
+            pre = sae.pre_activations(x)
+            sparsity = (
+                cfg.sae.l0_coefficient * JumpStep.apply(pre, threshold, cfg.sae.jumprelu_bandwidth).sum(-1).mean()
+            )
+    per_token = (recon - xn).square().sum(-1) / cfg.sae.d_in
+    recon_loss = tilted_loss(per_token, cfg.tilt)
+    loss = recon_loss + sparsity + cfg.aux_coefficient * aux
+    with torch.no_grad():
+        mse = float(per_token.mean())
+        variance = float((xn - xn.mean(0)).square().sum(-1).mean()) / cfg.sae.d_in
+    stats = {
+        "loss": float(loss.detach()),
+        "mse": mse,
+        "fvu": mse / max(variance, 1e-12),
+        "l0": l0,
+        "aux_loss": float(aux.detach()),
+    }
+    return loss, stats, fired
+
+
+def _run_key(cfg: TrainConfig, manifest: dict[str, Any], init_from: str | None) -> str:
+    src = json.dumps([to_mapping(cfg), manifest["run_key"], init_from], sort_keys=True)
+    return hashlib.sha1(src.encode()).hexdigest()
+
+
+def train_sae(
+    cfg: TrainConfig,
+    manifest_path: str | Path,
+    out_dir: str | Path,
+    init_from: str | Path | None = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train on the activation set of ``manifest_path``; write ``out_dir/sae`` (SAELens
+    layout), ``train_log.csv`` and ``summary.json``. ``stop_after_steps`` ends the run early
+    (as a crash would) after that many steps, leaving only the checkpoint."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads(Path(manifest_path).read_text())
+    cfg.sae.d_in = int(manifest["d_model"])
+    if cfg.init == "finetune":
+        if init_from is None:
+            raise ConfigError("training.init: finetune needs the SAE to start from (init_from)")
+        sae = load_sae(init_from)
+        if sae.cfg.d_in != cfg.sae.d_in or sae.cfg.architecture != cfg.sae.architecture:
+            raise ConfigError(f"training.init: {init_from} is a {sae.cfg.architecture} SAE on d_in={sae.cfg.d_in}")
+        cfg.sae = sae.cfg
+    else:
+        sae = SparseAutoencoder(cfg.sae, input_scale=input_scale_from(manifest), seed=cfg.seed)
+    reader = ActivationShardReader(manifest_path, cfg.batch_size, seed=cfg.seed, drop_last=True)
+    total_steps = max(1, int(cfg.epochs * len(reader)))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    tokens_since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long)
+    step, rows, key = 0, [], _run_key(cfg, manifest, str(init_from) if init_from else None)
+    checkpoint = out_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["run_key"] == key:
+            sae.load_state_dict(state["sae"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, rows, tokens_since_fired = state["step"], state["log"], state["tokens_since_fired"]
+            torch.set_rng_state(state["torch_rng"])
+            log.info("resuming from step %d of %d", step, total_steps)
+    started = time.time()
+    while step < total_steps:
+        reader.epoch = step // len(reader)
+        skip = step % len(reader)
+        for i, x in enumerate(reader):
+            if i < skip:
+                continue
+            loss, stats, fired = _step_losses(sae, x, cfg, tokens_since_fired)
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sae.normalize_decoder()
+            tokens_since_fired += len(x)
+            tokens_since_fired[fired] = 0
+            step += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                rows.append(
+                    {
+                        "step": step,
+                        "tokens": step * cfg.batch_size,
+                        **stats,
+                        "dead_fraction": float((tokens_since_fired >= cfg.dead_after_tokens).float().mean()),
+                    }
+                )
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                if not all(torch.isfinite(p).all() for p in sae.parameters()):
+                    raise FloatingPointError(f"non-finite SAE weights at step {step}")
+                state = {
+                    "run_key": key,
+                    "sae": sae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "log": rows,
+                    "tokens_since_fired": tokens_since_fired,
+                    "torch_rng": torch.get_rng_state(),
+                }
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(state, tmp)
+            if step >= total_steps or (stop_after_steps is not None and step >= stop_after_steps):
+                break
+        if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
+            return {"stopped_at": step}
+    seconds = time.time() - started
+    save_sae(sae, out_dir / "sae", metadata={"hook_name": manifest["hook_name"], "model_dir": manifest["model_dir"]})
+    with atomic_path(out_dir / "train_log.csv") as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        "config": to_mapping(cfg),
+        "steps": step,
+        "tokens": step * cfg.batch_size,
+        "final": rows[-1] if rows else {},
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(step * cfg.batch_size / max(seconds, 1e-9), 1),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary

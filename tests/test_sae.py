@@ -1,0 +1,132 @@
+"""SAE architectures, Tilted ERM, SAELens-layout files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssae_steps._config import ConfigError
+from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
+
+
+def _x(n: int = 64, d: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * 30 + 5
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "relu"])
+def test_interface_and_unit_decoder(arch: str) -> None:
+    sae = SparseAutoencoder(SAEConfig(architecture=arch, d_in=16, d_sae=48, k=4), input_scale=0.1)
+    x = _x()
+    x_hat, z = sae(x)
+    assert x_hat.shape == x.shape and z.shape == (64, 48)
+    assert (z >= 0).all()
+    torch.testing.assert_close(sae.decode(sae.encode(x)), x_hat)
+    if arch == "topk":
+        assert ((z > 0).sum(-1) <= 4).all()
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+    sae.normalize_decoder()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(48))
+
+
+def test_sparse_decode_matches_dense_in_value_and_gradient() -> None:
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=48, k=4), input_scale=0.1)
+    x = _x()
+    values, indices = sae.topk(x)
+    sparse = sae.decode_sparse(values, indices)
+    dense = sae.decode(sae.encode(x))
+    torch.testing.assert_close(sparse, dense)
+    sparse.square().sum().backward()
+    grad_sparse = sae.W_dec.grad.clone()
+    sae.zero_grad()
+    sae.decode(sae.encode(x)).square().sum().backward()
+    torch.testing.assert_close(grad_sparse, sae.W_dec.grad, rtol=1e-4, atol=1e-2)
+
+
+def test_jumprelu_threshold_gets_pseudo_gradient_near_the_jump() -> None:
+    cfg = SAEConfig(architecture="jumprelu", d_in=16, d_sae=48, jumprelu_bandwidth=0.5, jumprelu_init_threshold=1.0)
+    sae = SparseAutoencoder(cfg)
+    z = sae.encode(_x() * 0.05)
+    assert ((z == 0) | (z > 1.0)).all()  # below the threshold nothing passes
+    z.sum().backward()
+    # Raising a threshold removes mass just above it: the gradient on it is <= 0.
+    assert (sae.log_threshold.grad <= 0).all() and (sae.log_threshold.grad < 0).any()
+
+
+def test_tilted_loss() -> None:
+    losses = torch.tensor([0.1, 0.2, 0.3, 5.0])
+    assert tilted_loss(losses, 0.0) == pytest.approx(losses.mean().item())
+    assert tilted_loss(losses, 1e-4) == pytest.approx(losses.mean().item(), rel=1e-3)
+    values = [tilted_loss(losses, t).item() for t in (0.0, 0.5, 2.0, 50.0)]
+    assert values == sorted(values)  # increasing in t
+    assert values[-1] == pytest.approx(5.0 - math.log(4) / 50, rel=1e-4)  # -> max as t grows
+    big = torch.tensor([1e4, 2e4, 3e4])
+    assert math.isfinite(tilted_loss(big, 10.0).item())  # log-sum-exp: no overflow
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "relu"])
+def test_saelens_layout_round_trip(arch: str, tmp_path: Path) -> None:
+    cfg = SAEConfig(architecture=arch, d_in=16, d_sae=48, k=4, jumprelu_init_threshold=0.05)
+    sae = SparseAutoencoder(cfg, input_scale=0.07, seed=3)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    save_sae(sae, tmp_path / "sae", metadata={"hook_name": "blocks.2.hook_resid_post"})
+    raw = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert raw["architecture"] == {"topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}[arch]
+    assert raw["normalize_activations"] == "none" and raw["d_in"] == 16 and raw["d_sae"] == 48
+    loaded = load_sae(tmp_path / "sae")
+    x = _x()
+    torch.testing.assert_close(loaded(x)[0], sae(x)[0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(loaded.W_dec.norm(dim=1), torch.ones(48))
+
+    # The file alone, read the way SAELens does (raw activations in, no normalisation).
+    from safetensors.torch import load_file
+
+    w = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    if arch == "topk":
+        values, indices = torch.topk(F.relu(pre), 4, dim=-1)
+        z = torch.zeros_like(pre).scatter_(-1, indices, values)
+    elif arch == "jumprelu":
+        z = pre * (pre > w["threshold"])
+    else:
+        z = F.relu(pre)
+    torch.testing.assert_close(z @ w["W_dec"] + w["b_dec"], sae(x)[0], rtol=1e-4, atol=1e-3)
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cfg.json: missing"):
+        load_sae(tmp_path)
+    with pytest.raises(ConfigError, match=r"sae.k: 99 exceeds d_sae=48"):
+        SAEConfig.from_dict({"d_sae": 48, "k": 99})
+
+
+def test_topk_recovers_a_planted_dictionary() -> None:
+    """Synthetic sparse data from a known unit dictionary; training finds its atoms."""
+    gen = torch.Generator().manual_seed(0)
+    d, n_atoms, active = 24, 48, 3
+    atoms = F.normalize(torch.randn(n_atoms, d, generator=gen), dim=1)
+
+    def batch(n: int) -> torch.Tensor:
+        idx = torch.stack([torch.randperm(n_atoms, generator=gen)[:active] for _ in range(n)])
+        coef = torch.rand(n, active, generator=gen) * 2 + 1
+        return (coef.unsqueeze(-1) * atoms[idx]).sum(1)
+
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=n_atoms, k=active), seed=1)
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for _ in range(3000):
+        x = batch(256)
+        values, indices = sae.topk(x)
+        loss = (sae.decode_sparse(values, indices) - x).square().sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sae.normalize_decoder()
+    best = (atoms @ sae.W_dec.detach().t()).max(dim=1).values
+    assert best.mean() > 0.95 and (best > 0.8).float().mean() > 0.9, best
