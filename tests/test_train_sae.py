@@ -57,7 +57,7 @@ def planted(n: int, rare_fraction: float, seed: int = 0) -> tuple[np.ndarray, np
     idx = torch.stack([torch.randperm(common, generator=gen)[:3] for _ in range(n)])
     x = ((torch.rand(n, 3, generator=gen) + 1).unsqueeze(-1) * atoms[idx]).sum(1)
     rare = torch.rand(n, generator=gen) < rare_fraction
-    x[rare] = 3 * atoms[common]
+    x[rare] = 4 * atoms[common]
     return x.numpy(), rare.numpy()
 
 
@@ -85,11 +85,13 @@ def test_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
 
 
 def test_tilted_erm_lowers_the_worst_token_loss(tmp_path: Path) -> None:
-    acts, rare = planted(20000, 0.01)
+    # 0.5% of tokens are one rare atom with a large coefficient: under ERM the SAE (fewer
+    # latents than atoms) leaves it out and those tokens are the worst reconstructed.
+    acts, rare = planted(20000, 0.005)
     manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
     x = torch.from_numpy(acts)
     worst = {}
-    for tilt in (0.0, 2.0):
+    for tilt in (0.0, 1.0):
         cfg = TrainConfig.from_dict(
             {
                 "sae": {"d_sae": 24, "k": 3},
@@ -106,8 +108,8 @@ def test_tilted_erm_lowers_the_worst_token_loss(tmp_path: Path) -> None:
             per_token = (sae(x)[0] - x).square().sum(-1)
         worst[tilt] = float(per_token.max())
         worst[f"rare{tilt}"] = float(per_token[torch.from_numpy(rare)].mean())
-    assert worst[2.0] < worst[0.0], worst
-    assert worst["rare2.0"] < worst["rare0.0"], worst
+    assert worst[1.0] < 0.95 * worst[0.0], worst  # measured: 5.59 vs 6.66
+    assert worst["rare1.0"] < 0.8 * worst["rare0.0"], worst  # measured: 4.54 vs 6.66
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "relu"])

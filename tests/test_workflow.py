@@ -76,6 +76,11 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    report = snakemake(workdir, "--configfile", str(test_config), "--report", "results/report.html")
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (workdir / "results/report.html").read_text(errors="replace")
+    assert "overview.png" in html and "comparison.png" in html
+
 
 def _with(config: dict, dotted: str, value: object) -> dict:
     config = json.loads(json.dumps(config))
