@@ -26,8 +26,9 @@ validate(config, schema=str(SCHEMA))
 # Second check, by the stage dataclasses themselves: catches what JSON Schema cannot
 # express and keeps the modules and the workflow in agreement.
 try:
-    MODEL = ModelConfig.from_dict(config["model"])
+    ModelConfig.from_dict(config["model"])
     ActivationConfig.from_dict(config["activations"])
+    _retrieval = RetrievalConfig.from_dict(config["retrieval"])
     CORPUS_CONFIGS = {
         name: CorpusConfig.from_dict(spec, f"corpora.{name}")
         for name, spec in config["corpora"].items()
@@ -58,17 +59,11 @@ def _pick(key, value, candidates, role):
     return value
 
 
-try:
-    _retrieval = RetrievalConfig.from_dict(config.get("retrieval"))
-except ConfigError as exc:
-    raise WorkflowError(f"invalid config: {exc}")
 SUBDOMAIN = _pick("subdomain", _retrieval.subdomain, SUBDOMAINS, "subdomain")
 POOL = _pick("pool", _retrieval.pool, GENERALS, "general")
 STRATEGIES = list(_retrieval.strategies)
-# Resolved retrieval config (names filled in) as the steps receive it.
+# Resolved retrieval config (names filled in; validate() filled the defaults) as the steps receive it.
 RETRIEVAL = {**config["retrieval"], "subdomain": SUBDOMAIN, "pool": POOL}
-for _key, _value in (("embedder", {}), ("index", {})):
-    RETRIEVAL.setdefault(_key, _value)
 
 # `device: auto` resolves where the job runs; a rule asks for a GPU only when one is wanted.
 DEVICE = config["device"]
