@@ -103,19 +103,24 @@ class SparseAutoencoder(nn.Module):
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         return (x * self.input_scale - self.b_dec) @ self.W_enc + self.b_enc
 
+    def topk_of(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK only: ``(values, indices)`` of the k active latents, from pre-activations."""
+        return torch.topk(F.relu(pre), self.cfg.k, dim=-1, sorted=False)
+
     def topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """TopK only: ``(values, indices)`` of the k active latents per token."""
-        values, indices = torch.topk(F.relu(self.pre_activations(x)), self.cfg.k, dim=-1, sorted=False)
-        return values, indices
+        return self.topk_of(self.pre_activations(x))
+
+    def jump_step(self, pre: torch.Tensor) -> torch.Tensor:
+        """JumpReLU only: 1 where a pre-activation clears its threshold (straight-through)."""
+        return JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.pre_activations(x)
         if self.cfg.architecture == "topk":
-            values, indices = torch.topk(F.relu(pre), self.cfg.k, dim=-1, sorted=False)
+            values, indices = self.topk_of(pre)
             return torch.zeros_like(pre).scatter_(-1, indices, values)
         if self.cfg.architecture == "jumprelu":
-            threshold = self.log_threshold.exp()
-            return pre * JumpStep.apply(pre, threshold, self.cfg.jumprelu_bandwidth)
+            return pre * self.jump_step(pre)
         return F.relu(pre)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -81,9 +81,9 @@ def _step_losses(
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     xn = x * sae.input_scale
     aux = torch.zeros(())
+    pre = sae.pre_activations(x)
     if cfg.sae.architecture == "topk":
-        pre = sae.pre_activations(x)
-        values, indices = torch.topk(torch.relu(pre), cfg.sae.k, dim=-1, sorted=False)
+        values, indices = sae.topk_of(pre)
         recon = sae.decode_sparse(values, indices) * sae.input_scale
         fired = torch.zeros(cfg.sae.d_sae, dtype=torch.bool).index_fill_(0, indices[values > 0].unique(), True)
         l0 = float((values > 0).sum(-1).float().mean())
@@ -96,21 +96,17 @@ def _step_losses(
             aux_recon = torch.nn.functional.embedding_bag(aux_idx, sae.W_dec, per_sample_weights=aux_vals, mode="sum")
             denom = (residual - residual.mean(0)).square().sum(-1).mean().clamp_min(1e-8)
             aux = (aux_recon - residual).square().sum(-1).mean() / denom
+    elif cfg.sae.architecture == "jumprelu":
+        step = sae.jump_step(pre)  # once: for the latents and for the L0 penalty
+        z = pre * step
+        sparsity = cfg.sae.l0_coefficient * step.sum(-1).mean()
     else:
-        z = sae.encode(x)
+        z = torch.relu(pre)
+        sparsity = cfg.sae.l1_coefficient * (z * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    if cfg.sae.architecture != "topk":
         recon = z @ sae.W_dec + sae.b_dec
         fired = (z > 0).any(0)
         l0 = float((z > 0).sum(-1).float().mean())
-        if cfg.sae.architecture == "relu":
-            sparsity = cfg.sae.l1_coefficient * (z * sae.W_dec.norm(dim=1)).sum(-1).mean()
-        else:
-            from ssae_steps.sae import JumpStep
-
-            threshold = sae.log_threshold.exp()
-            pre = sae.pre_activations(x)
-            sparsity = (
-                cfg.sae.l0_coefficient * JumpStep.apply(pre, threshold, cfg.sae.jumprelu_bandwidth).sum(-1).mean()
-            )
     per_token = (recon - xn).square().sum(-1) / cfg.sae.d_in
     recon_loss = tilted_loss(per_token, cfg.tilt)
     loss = recon_loss + sparsity + cfg.aux_coefficient * aux
