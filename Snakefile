@@ -18,6 +18,9 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/activations.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/debias.smk"
 
 
 rule all:
@@ -28,3 +31,7 @@ rule all:
         "results/corpora/overview.png",
         f"results/retrieval/{SUBDOMAIN}/comparison.md",
         activation_manifests(),
+        "results/sae/training_curves.png",
+        "results/eval/summary.md",
+        "results/eval/top_latents.md",
+        "results/debias/summary.md" if config["debias"]["enabled"] else [],

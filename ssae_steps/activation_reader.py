@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 class ActivationShardReader:
@@ -100,3 +102,62 @@ class ActivationShardReader:
             carry = {c: v[rest] for c, v in rows.items()}
         if carry is not None and len(carry["activation"]) and not self.drop_last:
             yield self._emit(carry, np.arange(len(carry["activation"])))
+
+
+def write_activation_set(acts: np.ndarray, manifest: Path, shard_rows: int = 2000) -> Path:
+    """Write an in-memory array as an activation set (shards + manifest) that
+    :class:`ActivationShardReader` and the trainer read: for activations cached elsewhere
+    and for tests. ``doc_id`` is ``array``; positions are row numbers."""
+    shard_dir = manifest.parent / "shards"
+    shard_dir.mkdir(parents=True)
+    shards = []
+    for i, start in enumerate(range(0, len(acts), shard_rows)):
+        part = acts[start : start + shard_rows].astype(np.float32)
+        table = pa.table(
+            {
+                "doc_id": pa.array(["array"] * len(part)),
+                "position": pa.array(np.arange(start, start + len(part)), pa.int32()),
+                "token_id": pa.array(np.zeros(len(part)), pa.int32()),
+                "activation": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), acts.shape[1]),
+            }
+        )
+        pq.write_table(table, shard_dir / f"shard-{i:05d}.parquet")
+        shards.append({"file": f"shard-{i:05d}.parquet", "rows": len(part)})
+    manifest.write_text(
+        json.dumps(
+            {
+                "d_model": acts.shape[1],
+                "tokens": len(acts),
+                "shards": shards,
+                "run_key": "array",
+                "hook_name": "array",
+                "model_dir": "none",
+                "stats": {"norm_mean": float(np.linalg.norm(acts, axis=1).mean()), "mean": acts.mean(0).tolist()},
+            }
+        )
+    )
+    return manifest
+
+
+def load_activation_set(manifest: str | Path, max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """A whole (evaluation-sized) activation set in file order: ``activation`` (float32
+    [rows, d_model]), ``doc_id``, ``position``, ``token_id``."""
+    reader = ActivationShardReader(manifest, batch_size=1 << 30, shuffle=False, with_metadata=True)
+    files = [s["file"] for s in reader.info["shards"]]
+    rows = reader._load(files)
+    if max_rows is not None:
+        rows = {c: v[:max_rows] for c, v in rows.items()}
+    rows["activation"] = rows["activation"].astype(np.float32, copy=False)
+    return rows
+
+
+def token_counts(manifest: str | Path) -> np.ndarray:
+    """Occurrences of each token id in an activation set (index = token id)."""
+    import pyarrow.parquet as pq
+
+    info = json.loads(Path(manifest).read_text())
+    shard_dir = Path(manifest).parent / "shards"
+    ids = np.concatenate(
+        [pq.read_table(shard_dir / s["file"], columns=["token_id"])["token_id"].to_numpy() for s in info["shards"]]
+    )
+    return np.bincount(ids)

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ssae_steps._cli import save_figure
 from ssae_steps._config import run_stage
 from ssae_steps._io import atomic_path
 
@@ -66,9 +67,7 @@ def corpus_overview(tables: list[str | Path], out_plot: str | Path, out_table: s
     ax_src.invert_yaxis()
     ax_src.legend()
     fig.tight_layout()
-    with atomic_path(out_plot) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, out_plot)
     log.info("wrote %s and %s", out_plot, out_table)
 
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ssae_steps._cli import save_figure
 from ssae_steps._config import run_stage
-from ssae_steps._io import atomic_path, write_json, write_text
+from ssae_steps._io import write_json, write_text
 
 log = logging.getLogger("ssae.retrieval_report")
 
@@ -135,9 +136,7 @@ def _plot(result: dict[str, Any], subdomain: str, out_plot: str | Path) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.suptitle(f"Data selection for {subdomain}")
     fig.tight_layout()
-    with atomic_path(out_plot) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, out_plot)
 
 
 def retrieval_report(

@@ -85,6 +85,63 @@ class JumpStep(torch.autograd.Function):
         return None, (-kernel * grad).sum(0), None
 
 
+class TopKEncode(torch.autograd.Function):
+    """TopK encoder with a sparse backward: ``(values, indices)`` of the k largest
+    pre-activations ``x_in @ W_enc + b_enc`` (ReLU'd), and optionally the ``k_aux`` largest
+    among ``dead`` latents (for AuxK). Only the selected entries carry gradient, so the
+    encoder's weight gradient is a sparse [d_sae, batch] x [batch, d_in] product instead of
+    a second dense batch x d_sae x d_in matmul; the input gradient gathers k rows."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x_in: torch.Tensor,
+        w_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        k: int,
+        dead: torch.Tensor | None,
+        k_aux: int,
+    ) -> tuple[torch.Tensor, ...]:
+        pre = torch.addmm(b_enc, x_in, w_enc)
+        values, indices = torch.topk(pre, k, dim=-1, sorted=False)
+        values = F.relu(values)
+        if dead is None:
+            aux_values = aux_indices = torch.empty(len(x_in), 0, dtype=x_in.dtype, device=x_in.device)
+            aux_indices = aux_indices.long()
+        else:
+            aux_values, aux_indices = torch.topk(pre.masked_fill_(~dead, float("-inf")), k_aux, dim=-1, sorted=False)
+            aux_values = F.relu(aux_values)
+        ctx.save_for_backward(x_in, w_enc, values, indices, aux_values, aux_indices)
+        ctx.mark_non_differentiable(indices, aux_indices)
+        return values, indices, aux_values, aux_indices
+
+    @staticmethod
+    def backward(ctx: Any, grad_values: torch.Tensor, _gi: Any, grad_aux: torch.Tensor, _ga: Any) -> tuple:
+        x_in, w_enc, values, indices, aux_values, aux_indices = ctx.saved_tensors
+        grads = [grad_values * (values > 0)]
+        idx = [indices]
+        if aux_indices.shape[1] and grad_aux is not None:
+            grads.append(grad_aux * (aux_values > 0))
+            idx.append(aux_indices)
+        grad, idx = torch.cat(grads, 1), torch.cat(idx, 1)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(idx, w_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
+        if ctx.needs_input_grad[1]:
+            rows = torch.arange(len(x_in), device=x_in.device).repeat_interleave(idx.shape[1])
+            sparse = torch.sparse_coo_tensor(
+                torch.stack([idx.reshape(-1), rows]),
+                grad.reshape(-1),
+                (w_enc.shape[1], len(x_in)),
+                check_invariants=False,
+            )
+            grad_w = torch.sparse.mm(sparse, x_in).t()
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, idx.reshape(-1), grad.reshape(-1))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 class SparseAutoencoder(nn.Module):
     def __init__(self, cfg: SAEConfig, input_scale: float = 1.0, seed: int = 0) -> None:
         super().__init__()
@@ -109,6 +166,14 @@ class SparseAutoencoder(nn.Module):
 
     def topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.topk_of(self.pre_activations(x))
+
+    def topk_train(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, k_aux: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """TopK with the sparse backward (:class:`TopKEncode`): ``(values, indices,
+        aux_values, aux_indices)``; the aux pair selects among ``dead`` latents (empty if None)."""
+        x_in = x * self.input_scale - self.b_dec
+        return TopKEncode.apply(x_in, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux)
 
     def jump_step(self, pre: torch.Tensor) -> torch.Tensor:
         """JumpReLU only: 1 where a pre-activation clears its threshold (straight-through)."""

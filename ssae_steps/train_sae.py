@@ -15,19 +15,29 @@ checkpoint of them is written.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
 import logging
 import math
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
-from ssae_steps._config import ConfigError, from_mapping, require_at_least, to_mapping
+from ssae_steps._cli import add_device_arguments, device_from
+from ssae_steps._config import (
+    ConfigError,
+    from_mapping,
+    require_at_least,
+    run_stage,
+    to_mapping,
+)
 from ssae_steps._io import atomic_path, write_json
 from ssae_steps.activation_reader import ActivationShardReader
 from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
@@ -47,8 +57,8 @@ class TrainConfig:
     tilt: float = 0.0
     """Tilted ERM temperature t; 0 is plain ERM."""
     lr: float = 4e-4
-    batch_size: int = 4096
-    """Tokens per step."""
+    batch_size: int = 1024
+    """Tokens per step (a few hundred thousand tokens need many small steps more than big ones)."""
     epochs: float = 1.0
     """Passes over the activation set (fractions allowed)."""
     aux_k: int = 256
@@ -56,7 +66,7 @@ class TrainConfig:
     aux_coefficient: float = 1 / 32
     dead_after_tokens: int = 100_000
     """A latent that has not fired for this many tokens counts as dead."""
-    log_every: int = 20
+    log_every: int = 10
     checkpoint_every: int = 100
     seed: int = 0
 
@@ -71,6 +81,70 @@ class TrainConfig:
         return from_mapping(cls, data, where)
 
 
+@dataclass
+class GeneralSAEPlan:
+    """The general SAE (GSAE): trained from scratch on the general pool, or imported."""
+
+    pretrained: str | None = None
+    """SAELens-format directory (cfg.json + sae_weights.safetensors) to use instead of
+    training; its d_in must be the model's d_model and its architecture training.sae's."""
+    epochs: float = 1.0
+
+
+@dataclass
+class SpecialisedSAEPlan:
+    """Specialised SAEs (SSAEs): one per selection strategy x init x tilt."""
+
+    inits: list[Literal["finetune", "scratch"]] = field(default_factory=lambda: ["finetune", "scratch"])
+    tilts: list[float] = field(default_factory=lambda: [0.0, 2.0])
+    epochs: float = 2.0
+
+    def validate(self, where: str) -> None:
+        if not self.inits or not self.tilts:
+            raise ConfigError(f"{where}: inits and tilts need at least one value each")
+        if any(t < 0 for t in self.tilts):
+            raise ConfigError(f"{where}.tilts: must be >= 0, got {self.tilts}")
+
+
+PER_RUN_KEYS = ("init", "tilt", "epochs", "seed")
+
+
+@dataclass
+class TrainingPlan:
+    """The workflow's ``training`` section: shared settings (a :class:`TrainConfig` without
+    the per-run keys init/tilt/epochs/seed), the GSAE and SSAE plans, and extra k values
+    for the Pareto sweep."""
+
+    shared: TrainConfig
+    gsae: GeneralSAEPlan
+    ssae: SpecialisedSAEPlan
+    k_sweep: list[int]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "training") -> TrainingPlan:
+        data = dict(data or {})
+        for key in PER_RUN_KEYS:
+            if key in data:
+                raise ConfigError(f"{where}.{key}: set per run (training.gsae / training.ssae, top-level seed)")
+        gsae = from_mapping(GeneralSAEPlan, data.pop("gsae", None), f"{where}.gsae")
+        ssae = from_mapping(SpecialisedSAEPlan, data.pop("ssae", None), f"{where}.ssae")
+        k_sweep = data.pop("k_sweep", [])
+        if not isinstance(k_sweep, list) or any(isinstance(k, bool) or not isinstance(k, int) for k in k_sweep):
+            raise ConfigError(f"{where}.k_sweep: expected a list of integers, got {k_sweep!r}")
+        shared = TrainConfig.from_dict(data, where)
+        for k in k_sweep:
+            replace(shared.sae, k=k).validate(f"{where}.k_sweep")
+        if gsae.pretrained is not None and k_sweep:
+            raise ConfigError(f"{where}.k_sweep: needs a trained GSAE (training.gsae.pretrained is set)")
+        return cls(shared, gsae, ssae, k_sweep)
+
+    def run_config(self, role: Literal["gsae", "ssae"], init: str, tilt: float, k: int, seed: int) -> TrainConfig:
+        epochs = self.gsae.epochs if role == "gsae" else self.ssae.epochs
+        run = replace(self.shared, sae=replace(self.shared.sae, k=k), init=init, tilt=tilt, epochs=epochs, seed=seed)
+        run.validate("training")
+        return run
+
+
 def input_scale_from(manifest: dict[str, Any]) -> float:
     """Scale making the mean activation norm sqrt(d_in) (SAELens' expected_average_only_in)."""
     return math.sqrt(manifest["d_model"]) / manifest["stats"]["norm_mean"]
@@ -80,28 +154,28 @@ def _step_losses(
     sae: SparseAutoencoder, x: torch.Tensor, cfg: TrainConfig, tokens_since_fired: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     xn = x * sae.input_scale
-    aux = torch.zeros(())
-    pre = sae.pre_activations(x)
+    aux = torch.zeros((), device=x.device)
     if cfg.sae.architecture == "topk":
-        values, indices = sae.topk_of(pre)
-        recon = sae.decode_sparse(values, indices) * sae.input_scale
-        fired = torch.zeros(cfg.sae.d_sae, dtype=torch.bool).index_fill_(0, indices[values > 0].unique(), True)
-        l0 = float((values > 0).sum(-1).float().mean())
-        sparsity = torch.zeros(())
         dead = tokens_since_fired >= cfg.dead_after_tokens
-        if dead.any():
-            k_aux = min(cfg.aux_k, int(dead.sum()))
-            aux_vals, aux_idx = torch.topk(torch.relu(pre.masked_fill(~dead, float("-inf"))), k_aux, dim=-1)
+        n_dead = int(dead.sum())
+        values, indices, aux_vals, aux_idx = sae.topk_train(x, dead if n_dead else None, min(cfg.aux_k, n_dead))
+        recon = sae.decode_sparse(values, indices) * sae.input_scale
+        fired = torch.zeros(cfg.sae.d_sae, dtype=torch.bool, device=x.device)
+        fired[indices[values > 0]] = True
+        l0 = float((values > 0).sum(-1).float().mean())
+        sparsity = torch.zeros((), device=x.device)
+        if n_dead:
             residual = (xn - recon).detach()
             aux_recon = torch.nn.functional.embedding_bag(aux_idx, sae.W_dec, per_sample_weights=aux_vals, mode="sum")
             denom = (residual - residual.mean(0)).square().sum(-1).mean().clamp_min(1e-8)
             aux = (aux_recon - residual).square().sum(-1).mean() / denom
     elif cfg.sae.architecture == "jumprelu":
+        pre = sae.pre_activations(x)
         step = sae.jump_step(pre)  # once: for the latents and for the L0 penalty
         z = pre * step
         sparsity = cfg.sae.l0_coefficient * step.sum(-1).mean()
     else:
-        z = torch.relu(pre)
+        z = torch.relu(sae.pre_activations(x))
         sparsity = cfg.sae.l1_coefficient * (z * sae.W_dec.norm(dim=1)).sum(-1).mean()
     if cfg.sae.architecture != "topk":
         recon = z @ sae.W_dec + sae.b_dec
@@ -134,6 +208,7 @@ def train_sae(
     out_dir: str | Path,
     init_from: str | Path | None = None,
     stop_after_steps: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train on the activation set of ``manifest_path``; write ``out_dir/sae`` (SAELens
     layout), ``train_log.csv`` and ``summary.json``. ``stop_after_steps`` ends the run early
@@ -151,28 +226,38 @@ def train_sae(
         cfg.sae = sae.cfg
     else:
         sae = SparseAutoencoder(cfg.sae, input_scale=input_scale_from(manifest), seed=cfg.seed)
+        mean = manifest["stats"].get("mean")
+        if mean is not None:
+            # Residual streams carry a large shared offset; starting b_dec there (as SAELens'
+            # and sparsify's mean initialisations do) keeps the tied random encoder from
+            # picking the same latents for every token, which leaves most latents dead.
+            with torch.no_grad():
+                sae.b_dec.copy_(torch.tensor(mean, dtype=torch.float32) * sae.input_scale)
+    sae.to(device)
     reader = ActivationShardReader(manifest_path, cfg.batch_size, seed=cfg.seed, drop_last=True)
     total_steps = max(1, int(cfg.epochs * len(reader)))
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    tokens_since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long)
+    tokens_since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long, device=device)
     step, rows, key = 0, [], _run_key(cfg, manifest, str(init_from) if init_from else None)
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         if state["run_key"] == key:
             sae.load_state_dict(state["sae"])
             optimizer.load_state_dict(state["optimizer"])
-            step, rows, tokens_since_fired = state["step"], state["log"], state["tokens_since_fired"]
+            step, rows = state["step"], state["log"]
+            tokens_since_fired = state["tokens_since_fired"].to(device)
             torch.set_rng_state(state["torch_rng"])
             log.info("resuming from step %d of %d", step, total_steps)
     started = time.time()
+    progress = tqdm(total=total_steps, initial=step, desc=f"train {cfg.init} t={cfg.tilt:g}", unit="step")
     while step < total_steps:
         reader.epoch = step // len(reader)
         skip = step % len(reader)
         for i, x in enumerate(reader):
             if i < skip:
                 continue
-            loss, stats, fired = _step_losses(sae, x, cfg, tokens_since_fired)
+            loss, stats, fired = _step_losses(sae, x.to(device, non_blocking=True), cfg, tokens_since_fired)
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
             optimizer.zero_grad(set_to_none=True)
@@ -182,6 +267,8 @@ def train_sae(
             tokens_since_fired += len(x)
             tokens_since_fired[fired] = 0
             step += 1
+            progress.update(1)
+            progress.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}", refresh=False)
             if step % cfg.log_every == 0 or step == total_steps:
                 rows.append(
                     {
@@ -200,7 +287,7 @@ def train_sae(
                     "optimizer": optimizer.state_dict(),
                     "step": step,
                     "log": rows,
-                    "tokens_since_fired": tokens_since_fired,
+                    "tokens_since_fired": tokens_since_fired.cpu(),
                     "torch_rng": torch.get_rng_state(),
                 }
                 with atomic_path(checkpoint) as tmp:
@@ -208,9 +295,12 @@ def train_sae(
             if step >= total_steps or (stop_after_steps is not None and step >= stop_after_steps):
                 break
         if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
+            progress.close()
             return {"stopped_at": step}
+    progress.close()
     seconds = time.time() - started
-    save_sae(sae, out_dir / "sae", metadata={"hook_name": manifest["hook_name"], "model_dir": manifest["model_dir"]})
+    metadata = {"hook_name": manifest["hook_name"], "model_dir": manifest["model_dir"]}
+    save_sae(sae.cpu(), out_dir / "sae", metadata=metadata)
     with atomic_path(out_dir / "train_log.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
         writer.writeheader()
@@ -225,3 +315,54 @@ def train_sae(
     }
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def import_pretrained(directory: str | Path, manifest_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Use a pretrained SAELens-format SAE as the GSAE: check it fits the hooked
+    activations and store it in our layout (so finetuning and evaluation treat it alike)."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    sae = load_sae(directory)
+    if sae.cfg.d_in != manifest["d_model"]:
+        raise ConfigError(
+            f"training.gsae.pretrained: {directory} has d_in={sae.cfg.d_in}, "
+            f"the model's d_model is {manifest['d_model']}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_sae(sae, out_dir / "sae", metadata={"hook_name": manifest["hook_name"], "pretrained_from": str(directory)})
+    with atomic_path(out_dir / "train_log.csv") as tmp:
+        tmp.write_text(",".join(LOG_FIELDS) + "\n")
+    summary = {"config": {"sae": to_mapping(sae.cfg), "init": "pretrained"}, "pretrained_from": str(directory)}
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True, help="JSON object of the training config section")
+    parser.add_argument("--role", required=True, choices=["gsae", "ssae"])
+    parser.add_argument("--init", default="scratch", choices=["scratch", "finetune"])
+    parser.add_argument("--tilt", type=float, default=0.0)
+    parser.add_argument("--k", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--manifest", required=True, help="activation-set manifest to train on")
+    parser.add_argument("--init-from", default=None, help="SAE directory to finetune")
+    parser.add_argument("--out-dir", required=True)
+    add_device_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        device = device_from(args)
+        plan = TrainingPlan.from_dict(json.loads(args.params))
+        if args.role == "gsae" and plan.gsae.pretrained is not None:
+            import_pretrained(plan.gsae.pretrained, args.manifest, args.out_dir)
+            return
+        cfg = plan.run_config(args.role, args.init, args.tilt, args.k, args.seed)
+        summary = train_sae(cfg, args.manifest, args.out_dir, init_from=args.init_from, device=device)
+        log.info("trained %s steps: final %s", summary["steps"], summary["final"])
+
+    return run_stage(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

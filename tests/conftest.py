@@ -97,6 +97,24 @@ def pipeline_config(
             "max_train_tokens": 4000,
             "max_heldout_tokens": 1000,
         },
+        "training": {
+            "sae": {"d_sae": 128, "k": 8},
+            "batch_size": 256,
+            "lr": 0.001,
+            "aux_k": 32,
+            "dead_after_tokens": 2000,
+            "log_every": 2,
+            "checkpoint_every": 5,
+            "ssae": {"inits": ["finetune", "scratch"], "tilts": [0.0, 2.0], "epochs": 1},
+            "k_sweep": [4],
+        },
+        # A 768-token vocabulary and a few thousand tokens: looser tail-concept thresholds.
+        "evaluation": {
+            "loss_tokens": 1000,
+            "tail": {"min_ratio": 2.0, "max_general_frequency": 0.01, "min_count": 2},
+            "top_latents": 3,
+        },
+        "debias": {"n_latents": [1, 5], "random_repeats": 2},
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))

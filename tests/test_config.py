@@ -9,9 +9,15 @@ import pytest
 import yaml
 
 from ssae_steps._config import ConfigError, schema_errors
+from ssae_steps.bios import BiosConfig
 from ssae_steps.corpus import CorpusConfig
+from ssae_steps.debias import DebiasConfig
+from ssae_steps.evaluate import EvaluationConfig
 from ssae_steps.model import ModelConfig
+from ssae_steps.sae import SAEConfig
+from ssae_steps.tail_concepts import TailConfig
 from ssae_steps.text_sources import SourceConfig
+from ssae_steps.train_sae import PER_RUN_KEYS, GeneralSAEPlan, SpecialisedSAEPlan, TrainConfig, TrainingPlan
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -34,6 +40,8 @@ def _defaults(cls: type) -> dict[str, object]:
         (ModelConfig, SCHEMA["properties"]["model"]["properties"]),
         (CorpusConfig, SCHEMA["$defs"]["corpus"]["properties"]),
         (SourceConfig, SCHEMA["$defs"]["source"]["properties"]),
+        (TailConfig, SCHEMA["properties"]["evaluation"]["properties"]["tail"]["properties"]),
+        (BiosConfig, SCHEMA["properties"]["debias"]["properties"]["data"]["properties"]),
     ],
 )
 def test_schema_and_dataclass_agree(cls: type, schema_props: dict) -> None:
@@ -42,10 +50,59 @@ def test_schema_and_dataclass_agree(cls: type, schema_props: dict) -> None:
     assert schema_defaults == _defaults(cls)
 
 
+def test_training_schema_and_dataclasses_agree() -> None:
+    """``training`` = TrainConfig minus the per-run keys, plus the GSAE/SSAE plans and k_sweep."""
+    props = SCHEMA["properties"]["training"]["properties"]
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_RUN_KEYS)
+    assert set(props) == shared | {"gsae", "ssae", "k_sweep"}
+    train_defaults = _defaults(TrainConfig)
+    for key in shared - {"sae"}:
+        assert props[key]["default"] == train_defaults[key], key
+    sae_defaults = _defaults(SAEConfig)
+    del sae_defaults["d_in"]  # taken from the activations, not configurable
+    assert {k: v["default"] for k, v in props["sae"]["properties"].items()} == sae_defaults
+    for key, cls in (("gsae", GeneralSAEPlan), ("ssae", SpecialisedSAEPlan)):
+        assert {k: v["default"] for k, v in props[key]["properties"].items()} == _defaults(cls), key
+    assert TrainingPlan.from_dict({}).k_sweep == props["k_sweep"]["default"]
+
+
+def test_evaluation_schema_and_dataclass_agree() -> None:
+    props = SCHEMA["properties"]["evaluation"]["properties"]
+    assert set(props) == {f.name for f in dataclasses.fields(EvaluationConfig)}
+    defaults = _defaults(EvaluationConfig)
+    assert {k: v["default"] for k, v in props.items() if k != "tail"} == {
+        k: v for k, v in defaults.items() if k != "tail"
+    }
+
+
+def test_debias_schema_and_dataclass_agree() -> None:
+    props = SCHEMA["properties"]["debias"]["properties"]
+    assert set(props) == {f.name for f in dataclasses.fields(DebiasConfig)} | {"enabled"}
+    defaults = {k: v for k, v in _defaults(DebiasConfig).items() if k != "data"}
+    assert {k: v["default"] for k, v in props.items() if k not in ("data", "enabled")} == defaults
+
+
+def test_training_plan_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"training.tilt: set per run"):
+        TrainingPlan.from_dict({"tilt": 1.0})
+    with pytest.raises(ConfigError, match=r"training.ssae.tilts: must be >= 0"):
+        TrainingPlan.from_dict({"ssae": {"tilts": [-1.0]}})
+    with pytest.raises(ConfigError, match=r"training.ssae.inits\[0\]: 'warm' is not one of"):
+        TrainingPlan.from_dict({"ssae": {"inits": ["warm"]}})
+    with pytest.raises(ConfigError, match=r"training.k_sweep.k: 9000 exceeds d_sae=8192"):
+        TrainingPlan.from_dict({"k_sweep": [9000]})
+    with pytest.raises(ConfigError, match=r"training.k_sweep: needs a trained GSAE"):
+        TrainingPlan.from_dict({"k_sweep": [8], "gsae": {"pretrained": "/some/sae"}})
+    with pytest.raises(ConfigError, match=r"training.sae: unknown key\(s\) 'width'"):
+        TrainingPlan.from_dict({"sae": {"width": 8}})
+
+
 def test_default_config_is_valid() -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert schema_errors(config, SCHEMA_PATH) == []
     ModelConfig.from_dict(config["model"])
+    TrainingPlan.from_dict(config["training"])
+    EvaluationConfig.from_dict(config["evaluation"])
     for name, spec in config["corpora"].items():
         CorpusConfig.from_dict(spec, f"corpora.{name}")
 

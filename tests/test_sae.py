@@ -131,3 +131,29 @@ def test_topk_recovers_a_planted_dictionary() -> None:
     best = (atoms @ sae.W_dec.detach().t()).max(dim=1).values
     # Measured here: mean best cosine 0.97, every atom above 0.8.
     assert best.mean() > 0.9 and (best > 0.8).float().mean() >= 0.9, best
+
+
+def test_sparse_topk_backward_matches_dense_autograd() -> None:
+    """TopKEncode's hand-written sparse backward equals autograd through the dense path,
+    for the main top-k and the AuxK selection among dead latents."""
+    sae = SparseAutoencoder(SAEConfig(d_in=12, d_sae=40, k=3), input_scale=0.7, seed=3)
+    with torch.no_grad():
+        sae.b_enc.normal_(generator=torch.Generator().manual_seed(1))
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(2))
+    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(3))
+    dead = torch.arange(40) % 3 == 0
+    weights = torch.randn(16, 3, generator=torch.Generator().manual_seed(4)), torch.randn(16, 5)
+
+    def grads(values: torch.Tensor, aux_values: torch.Tensor) -> list[torch.Tensor]:
+        loss = (values * weights[0]).sum() + (aux_values * weights[1]).sum()
+        return torch.autograd.grad(loss, [sae.W_enc, sae.b_enc, sae.b_dec])
+
+    values, indices, aux_values, aux_indices = sae.topk_train(x, dead, 5)
+    sparse = grads(values, aux_values)
+    pre = sae.pre_activations(x)
+    ref_values = torch.relu(pre).gather(1, indices)
+    ref_aux = torch.relu(pre).gather(1, aux_indices)
+    assert dead[aux_indices].all()
+    torch.testing.assert_close(values, ref_values)
+    for got, want in zip(sparse, grads(ref_values, ref_aux), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -15,6 +17,19 @@ import yaml
 from tests.conftest import REPO, snakemake
 
 STRATS = ("seed", "dense", "bm25", "random")
+# The tiny pipeline's SAEs: GSAE at k=8 and 4; SSAEs per strategy x init x tilt, + dense at k=4.
+TILT0_RUNS = ("finetune-t0-k8", "scratch-t0-k8")
+SSAES = 4 * 2 * 2 + 1
+# Downstream of the main SSAE: the evaluation overviews and the debiasing case study.
+EVAL_REPORTS = {"evaluation_report": 1, "top_latents": 1, "debias": 1}
+ALL_TRAINING = {
+    "train_gsae": 2,
+    "train_ssae": SSAES,
+    "training_report": 1,
+    "evaluate_sae": 2 + SSAES,
+    **EVAL_REPORTS,
+    "train_bios_ssae": 1,
+}
 
 
 def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
@@ -29,6 +44,14 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["compare_selection"] == 1
     assert counts["cache_corpus_activations"] == 3  # pool train + pool held-out + subdomain held-out
     assert counts["cache_selected_activations"] == 4
+    assert counts["train_gsae"] == 3  # k=32, and the k_sweep's 16 and 64
+    assert counts["train_ssae"] == 4 * 2 * 2 + 2  # strategy x init x tilt, + dense at k=16, 64
+    assert counts["training_report"] == 1
+    assert counts["evaluate_sae"] == 3 + 18  # every SAE
+    for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents"):
+        assert counts[rule] == 1, rule
+    for rule in ("build_bios", "cache_bios_activations", "train_bios_ssae", "debias"):
+        assert counts[rule] == 1, rule
 
 
 def test_end_to_end_on_tiny_model(local_run: Path) -> None:
@@ -68,6 +91,45 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert not shard_docs & set(physics.loc[physics["split"] == "heldout", "doc_id"])
     for name in ("corpus/general/heldout", "corpus/physics/heldout", *(f"selected/physics/{s}" for s in STRATS)):
         assert json.loads((acts / name / "manifest.json").read_text())["tokens"] > 0
+    sae_dir = workdir / "results/sae"
+    gsae = json.loads((sae_dir / "general/k8/summary.json").read_text())
+    assert gsae["config"]["init"] == "scratch" and gsae["config"]["sae"]["d_in"] == 64
+    assert gsae["steps"] == general_train["tokens"] // 256  # one epoch of full batches
+    runs = pd.read_csv(sae_dir / "training_summary.csv").set_index("run")
+    assert len(runs) == 2 + 4 * 2 * 2 + 1
+    assert runs.loc["ssae/dense/finetune-t2-k8", "tilt"] == 2.0
+    assert runs.loc["gsae/k4", "train_l0"] <= 4 and runs.loc["gsae/k8", "train_l0"] <= 8
+    # Finetuning starts from the GSAE: its first logged FVU is far below a scratch run's.
+    first = {run: pd.read_csv(sae_dir / f"physics/dense/{run}/train_log.csv")["fvu"].iloc[0] for run in TILT0_RUNS}
+    assert first["finetune-t0-k8"] < first["scratch-t0-k8"], first
+    assert (sae_dir / "training_curves.png").stat().st_size > 10_000
+
+    evals = workdir / "results/eval"
+    metrics = pd.read_csv(evals / "metrics.csv")
+    assert len(metrics) == 2 * len(runs) and set(metrics["set"]) == {"general", "subdomain"}
+    assert metrics["fvu"].between(0, 2).all() and (metrics["l0"] <= metrics["k"] + 1e-9).all()
+    baselines = json.loads((evals / "baselines.json").read_text())
+    for row in metrics.itertuples():
+        assert row.clean_loss == baselines[row.set]["clean_loss"]
+        assert np.isfinite(row.spliced_loss) and 0 <= row.dead_fraction <= 1
+    tail = pd.read_csv(evals / "tail_tokens.csv")
+    assert len(tail) > 0 and (tail["ratio"] >= 2.0).all()  # the test config's min_ratio
+    assert (metrics["tail_concepts"] == len(tail)).all()
+    summary = (evals / "summary.md").read_text()
+    assert "FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2" in summary and "Best SSAE" in summary
+    assert (evals / "pareto.png").stat().st_size > 10_000 and (evals / "comparison.png").stat().st_size > 10_000
+    assert "## Latent" in (evals / "top_latents.md").read_text()
+
+    debias = pd.read_csv(workdir / "results/debias/results.csv")
+    assert {"gsae", "ssae_bios", "ssae_physics"} <= set(debias["sae"])
+    assert {"original probe", "oracle probe", "delete gendered words + retrain"} <= set(debias["method"])
+    assert debias["worst_group_acc"].between(0, 1).all()
+    assert (debias["worst_group_acc"] <= debias["profession_acc"] + 1e-9).all()
+    bios = pq.read_table(workdir / "results/debias/bios.parquet").to_pandas()
+    test = bios[bios["split"] == "heldout"]
+    assert test.groupby(["profession", "gender"]).size().tolist() == [12] * 4
+    biased = bios[bios["biased_train"]]
+    assert set(biased["profession"] + "/" + biased["gender"]) == {"leader/male", "performer/female"}
     for log in ("logs/prepare_model.log", "logs/build_corpus/general.log", "logs/corpus_overview.log"):
         assert (workdir / log).exists(), log
     assert (workdir / "benchmarks/prepare_model.tsv").exists()
@@ -79,7 +141,8 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     report = snakemake(workdir, "--configfile", str(test_config), "--report", "results/report.html")
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "results/report.html").read_text(errors="replace")
-    assert "overview.png" in html and "comparison.png" in html
+    for figure in ("overview.png", "comparison.png", "training_curves.png", "pareto.png", "worst_group.png"):
+        assert figure in html, figure
 
 
 def _with(config: dict, dotted: str, value: object) -> dict:
@@ -109,22 +172,72 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "compare_selection": 1,
                 "cache_corpus_activations": 2,
                 "cache_selected_activations": 4,
+                **ALL_TRAINING,
+                "tail_concepts": 1,
+                "eval_baselines": 1,
             },
         ),
-        # A retrieval parameter: selection onward only.
+        # A retrieval parameter: selection onward only (the GSAE and its evaluation stay).
         (
             "retrieval.token_budget",
             11000,
-            {"select_data": 4, "compare_selection": 1, "cache_selected_activations": 4},
+            {
+                "select_data": 4,
+                "compare_selection": 1,
+                "cache_selected_activations": 4,
+                "train_ssae": SSAES,
+                "training_report": 1,
+                "tail_concepts": 1,  # counted on the seed selection
+                "evaluate_sae": 2 + SSAES,
+                **EVAL_REPORTS,
+            },
         ),
         # An index parameter: the index and what reads it (dense selection) only.
         (
             "retrieval.index.type",
             "hnsw",
-            {"build_index": 1, "select_data": 1, "compare_selection": 1, "cache_selected_activations": 1},
+            {
+                "build_index": 1,
+                "select_data": 1,
+                "compare_selection": 1,
+                "cache_selected_activations": 1,
+                "train_ssae": 2 * 2 + 1,
+                "training_report": 1,
+                "evaluate_sae": 2 * 2 + 1,
+                **EVAL_REPORTS,
+            },
         ),
-        # An activation parameter: the activation sets only.
-        ("activations.batch_size", 4, {"cache_corpus_activations": 3, "cache_selected_activations": 4}),
+        # An activation parameter: the activation sets and everything computed from them.
+        (
+            "activations.batch_size",
+            4,
+            {
+                "cache_corpus_activations": 3,
+                "cache_selected_activations": 4,
+                "cache_bios_activations": 1,
+                **ALL_TRAINING,
+                "tail_concepts": 1,
+                "eval_baselines": 1,
+            },
+        ),
+        # A new tilt: only the SSAEs with that tilt, their evaluations and the overviews.
+        (
+            "training.ssae.tilts",
+            [0.0, 3.0],
+            {
+                "train_ssae": 4 * 2,
+                "training_report": 1,
+                "evaluate_sae": 4 * 2,
+                **EVAL_REPORTS,
+                "train_bios_ssae": 1,  # finetuned with the largest tilt
+            },
+        ),
+        # A tail-concept parameter: evaluation only, no training.
+        (
+            "evaluation.tail.min_ratio",
+            5.0,
+            {"tail_concepts": 1, "evaluate_sae": 2 + SSAES, "evaluation_report": 1},
+        ),
     ],
 )
 def test_config_change_reruns_only_dependent_stages(local_run: Path, key: str, value: object, expected: dict) -> None:

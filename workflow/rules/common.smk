@@ -11,9 +11,12 @@ sys.path.insert(0, workflow.basedir)
 from ssae_steps._config import ConfigError, schema_errors  # noqa: E402
 from ssae_steps.activations import ActivationConfig  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
+from ssae_steps.debias import DebiasConfig  # noqa: E402
+from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
 from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
 from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
+from ssae_steps.train_sae import TrainingPlan  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # Our own pass first: one short line per problem, naming the key, before Snakemake's
@@ -29,6 +32,13 @@ try:
     ModelConfig.from_dict(config["model"])
     ActivationConfig.from_dict(config["activations"])
     _retrieval = RetrievalConfig.from_dict(config["retrieval"])
+    TRAINING_PLAN = TrainingPlan.from_dict(config["training"])
+    EvaluationConfig.from_dict(config["evaluation"])
+    DebiasConfig.from_dict({k: v for k, v in config["debias"].items() if k != "enabled"})
+    if TRAINING_PLAN.gsae.pretrained is not None:
+        from ssae_steps.sae import load_sae
+
+        load_sae(TRAINING_PLAN.gsae.pretrained)
     CORPUS_CONFIGS = {
         name: CorpusConfig.from_dict(spec, f"corpora.{name}")
         for name, spec in config["corpora"].items()
@@ -80,7 +90,8 @@ STEPS = Path(workflow.basedir) / "ssae_steps"
 
 
 def code_version(*modules):
-    """Fingerprint of the ssae_steps modules a rule runs. Snakemake's code trigger does
+    """Fingerprint of the ssae_steps modules a rule runs (list every module it imports;
+    _io and _config always count). Snakemake's code trigger does
     not see imported modules, so this goes into params and edits rerun the rule."""
     digest = hashlib.sha1()
     for module in ("_io", "_config", *modules):

@@ -42,7 +42,7 @@ rule corpus_overview:
         ),
         table="results/corpora/overview.csv",
     params:
-        code=code_version("corpus_overview", "corpus"),
+        code=code_version("corpus_overview", "corpus", "_cli"),
     conda:
         ENV
     log:

@@ -125,7 +125,7 @@ rule compare_selection:
     wildcard_constraints:
         subdomain=SUBDOMAIN,
     params:
-        code=code_version("retrieval_report"),
+        code=code_version("retrieval_report", "_cli"),
     conda:
         ENV
     log:

@@ -1,0 +1,119 @@
+# Debiasing case study (SHIFT-style): labelled biographies, a biography SSAE finetuned from
+# the GSAE, and gender-latent ablation for a profession probe, GSAE vs SSAEs.
+#   debias/bios.parquet                     biographies with profession, gender and splits
+#   sae/bios/ssae                           the biography SSAE
+#   debias/results.csv, worst_group.png     the case study's numbers and plot
+
+DEBIAS = config["debias"]
+
+
+def debias_saes():
+    """The GSAE, the biography SSAE, and the main subdomain SSAE as an off-domain control."""
+    return {
+        "gsae": f"results/sae/general/k{MAIN_K}",
+        "ssae_bios": "results/sae/bios/ssae",
+        f"ssae_{SUBDOMAIN}": main_ssae_dir(),
+    }
+
+
+rule build_bios:
+    output:
+        "results/debias/bios.parquet",
+    params:
+        cfg=as_json(DEBIAS["data"]),
+        seed=config["seed"],
+        code=code_version("bios", "corpus", "text_sources"),
+    conda:
+        ENV
+    log:
+        "logs/debias/build_bios.log",
+    shell:
+        "{PY:q} -m ssae_steps.bios --params {params.cfg:q} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule cache_bios_activations:
+    input:
+        table="results/debias/bios.parquet",
+        model="results/model/model.json",
+    output:
+        manifest="results/activations/debias/bios/manifest.json",
+    params:
+        cfg=as_json(config["activations"]),
+        hook_layer=config["model"]["hook_layer"],
+        device=DEVICE,
+        code=code_version("activations", "model"),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/cache_activations/debias/bios.log",
+    benchmark:
+        "benchmarks/cache_activations/debias/bios.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
+        "--hook-layer {params.hook_layer} --table {input.table} --split train "
+        "--manifest {output.manifest} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule train_bios_ssae:
+    input:
+        activations="results/activations/debias/bios/manifest.json",
+        gsae=f"results/sae/general/k{MAIN_K}/summary.json",
+    output:
+        sae=directory("results/sae/bios/ssae/sae"),
+        log_csv="results/sae/bios/ssae/train_log.csv",
+        summary="results/sae/bios/ssae/summary.json",
+    params:
+        cfg=as_json(SSAE_PARAMS),
+        seed=config["seed"],
+        tilt=max(TRAINING_PLAN.ssae.tilts),
+        device=DEVICE,
+        code=code_version("train_sae", "sae", "activation_reader", "_cli"),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/train_sae/bios.log",
+    benchmark:
+        "benchmarks/train_sae/bios.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role ssae --init finetune "
+        "--tilt {params.tilt} --k {MAIN_K} --seed {params.seed} --manifest {input.activations} "
+        "--init-from results/sae/general/k{MAIN_K}/sae --out-dir results/sae/bios/ssae "
+        "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule debias:
+    input:
+        table="results/debias/bios.parquet",
+        saes=lambda wc: [f"{d}/summary.json" for d in debias_saes().values()],
+        model="results/model/model.json",
+    output:
+        table="results/debias/results.csv",
+        plot=report("results/debias/worst_group.png", caption="../report/debias.rst", category="4. Debiasing"),
+        summary=report("results/debias/summary.md", caption="../report/debias.rst", category="4. Debiasing"),
+    params:
+        cfg=as_json({k: v for k, v in DEBIAS.items() if k != "enabled"}),
+        saes=lambda wc: " ".join(f"{name}={d}/sae" for name, d in debias_saes().items()),
+        hook_layer=config["model"]["hook_layer"],
+        context_length=config["activations"]["context_length"],
+        seed=config["seed"],
+        device=DEVICE,
+        code=code_version("debias", "bios", "sae", "model", "_cli"),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/debias/debias.log",
+    benchmark:
+        "benchmarks/debias/debias.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.debias --params {params.cfg:q} --table {input.table} --saes {params.saes} "
+        "--model-dir results/model/hf --hook-layer {params.hook_layer} --context-length {params.context_length} "
+        "--seed {params.seed} --out-dir results/debias --device {params.device} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,172 @@
+# Evaluation of every SAE on the held-out general and subdomain activation sets:
+#   eval/tail_tokens.csv          the subdomain's tail concepts
+#   eval/baselines.json           clean and zero-ablation loss per set
+#   eval/runs/RUN.json            one SAE's metrics (RUN = its directory under results/sae)
+#   eval/summary.md, metrics.csv  the overview, with Pareto and comparison plots
+
+EVAL_SETS = {
+    "general": f"results/activations/corpus/{POOL}/heldout/manifest.json",
+    "subdomain": f"results/activations/corpus/{SUBDOMAIN}/heldout/manifest.json",
+}
+# Each rule gets only the keys it reads, so e.g. a new tail threshold keeps the baselines.
+EVAL = config["evaluation"]
+LOSS_KEYS = {key: EVAL[key] for key in ("loss_tokens", "batch_size")}
+SAE_EVAL_KEYS = {**LOSS_KEYS, "dense_threshold": EVAL["dense_threshold"], "tail": EVAL["tail"]}
+SHOW_KEYS = {key: EVAL[key] for key in ("top_latents", "contexts_per_latent")}
+EVAL_SET_ARGS = " ".join(f"{name}={path}" for name, path in EVAL_SETS.items())
+# Token frequencies of the subdomain come from its seed documents' activations.
+SEED_ACTIVATIONS = (
+    f"results/activations/selected/{SUBDOMAIN}/seed/manifest.json"
+    if "seed" in STRATEGIES
+    else f"results/activations/corpus/{SUBDOMAIN}/train/manifest.json"
+)
+
+
+def eval_json(sae_dir):
+    return "results/eval/runs/" + sae_dir.removeprefix("results/sae/") + ".json"
+
+
+def main_ssae_dir():
+    """The SSAE shown latent by latent: dense retrieval, first init, largest tilt, main k."""
+    ssae = TRAINING_PLAN.ssae
+    run = f"{ssae.inits[0]}-t{tilt_label(max(ssae.tilts))}-k{MAIN_K}"
+    return f"results/sae/{SUBDOMAIN}/{SWEEP_STRATEGY}/{run}"
+
+
+def pareto_curves():
+    ssae = TRAINING_PLAN.ssae
+    ks = sorted({MAIN_K, *TRAINING_PLAN.k_sweep})
+    run = f"{ssae.inits[0]}-t{tilt_label(ssae.tilts[0])}"
+    return {
+        "GSAE": [f"gsae/k{k}" for k in ks],
+        f"SSAE {SWEEP_STRATEGY}/{run}": [f"ssae/{SWEEP_STRATEGY}/{run}-k{k}" for k in ks],
+    }
+
+
+rule tail_concepts:
+    input:
+        subdomain=SEED_ACTIVATIONS,
+        general=f"results/activations/corpus/{POOL}/train/manifest.json",
+        heldout=EVAL_SETS["subdomain"],
+        model="results/model/model.json",
+    output:
+        "results/eval/tail_tokens.csv",
+    params:
+        cfg=as_json(EVAL["tail"]),
+        code=code_version("tail_concepts", "activation_reader"),
+    conda:
+        ENV
+    log:
+        "logs/eval/tail_concepts.log",
+    shell:
+        "{PY:q} -m ssae_steps.tail_concepts --params {params.cfg:q} --subdomain-train {input.subdomain} "
+        "--general-train {input.general} --subdomain-heldout {input.heldout} --model-dir results/model/hf "
+        "--out {output} > {log} 2>&1"
+
+
+rule eval_baselines:
+    input:
+        sets=list(EVAL_SETS.values()),
+        model="results/model/model.json",
+    output:
+        "results/eval/baselines.json",
+    params:
+        cfg=as_json(LOSS_KEYS),
+        hook_layer=config["model"]["hook_layer"],
+        device=DEVICE,
+        code=code_version("evaluate", "sae", "model", "tail_concepts", "activation_reader", "_cli"),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/eval/baselines.log",
+    benchmark:
+        "benchmarks/eval/baselines.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.evaluate baselines --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
+        "--model-dir results/model/hf --hook-layer {params.hook_layer} --out {output} "
+        "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_sae:
+    input:
+        sae="results/sae/{run}/summary.json",
+        tail="results/eval/tail_tokens.csv",
+        sets=list(EVAL_SETS.values()),
+        model="results/model/model.json",
+    output:
+        "results/eval/runs/{run}.json",
+    wildcard_constraints:
+        run=r"general/k\d+|" + SUBDOMAIN + r"/\w+/\w+-t[0-9.e+-]+-k\d+",
+    params:
+        cfg=as_json(SAE_EVAL_KEYS),
+        hook_layer=config["model"]["hook_layer"],
+        device=DEVICE,
+        code=code_version("evaluate", "sae", "model", "tail_concepts", "activation_reader", "_cli"),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/eval/runs/{run}.log",
+    benchmark:
+        "benchmarks/eval/runs/{run}.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.evaluate sae --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
+        "--sae-dir results/sae/{wildcards.run}/sae --tail-table {input.tail} --model-dir results/model/hf "
+        "--hook-layer {params.hook_layer} --out {output} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule evaluation_report:
+    input:
+        runs=lambda wc: [eval_json(d) for d in sae_runs().values()],
+        baselines="results/eval/baselines.json",
+    output:
+        table="results/eval/metrics.csv",
+        parquet="results/eval/metrics.parquet",
+        pareto=report(
+            "results/eval/pareto.png", caption="../report/eval_pareto.rst", category="3. Evaluation"
+        ),
+        comparison=report(
+            "results/eval/comparison.png", caption="../report/eval_comparison.rst", category="3. Evaluation"
+        ),
+        summary=report("results/eval/summary.md", caption="../report/eval_summary.rst", category="3. Evaluation"),
+    params:
+        runs=lambda wc: as_json({name: eval_json(d) for name, d in sae_runs().items()}),
+        sweep=lambda wc: as_json(pareto_curves()),
+        main_k=MAIN_K,
+        code=code_version("evaluation_report", "_cli"),
+    conda:
+        ENV
+    log:
+        "logs/eval/report.log",
+    shell:
+        "{PY:q} -m ssae_steps.evaluation_report --runs {params.runs:q} --baselines {input.baselines} "
+        "--main-k {params.main_k} --sweep {params.sweep:q} --out-table {output.table} "
+        "--out-pareto {output.pareto} --out-comparison {output.comparison} --out-summary {output.summary} "
+        "> {log} 2>&1"
+
+
+rule top_latents:
+    input:
+        ssae=lambda wc: f"{main_ssae_dir()}/summary.json",
+        gsae=f"results/sae/general/k{MAIN_K}/summary.json",
+        sets=list(EVAL_SETS.values()),
+        model="results/model/model.json",
+    output:
+        report("results/eval/top_latents.md", caption="../report/top_latents.rst", category="3. Evaluation"),
+    params:
+        cfg=as_json(SHOW_KEYS),
+        ssae=lambda wc: f"{main_ssae_dir()}/sae",
+        code=code_version("latent_contexts", "sae", "activation_reader", "evaluate", "_cli", "tail_concepts"),
+    conda:
+        ENV
+    log:
+        "logs/eval/top_latents.log",
+    shell:
+        "{PY:q} -m ssae_steps.latent_contexts --params {params.cfg:q} --ssae-dir {params.ssae} "
+        "--gsae-dir results/sae/general/k{MAIN_K}/sae --subdomain-set {EVAL_SETS[subdomain]} "
+        "--general-set {EVAL_SETS[general]} --model-dir results/model/hf --out {output} > {log} 2>&1"
