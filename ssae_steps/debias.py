@@ -56,7 +56,7 @@ NEUTRAL = {"actress": "actor", "queen": "monarch", "king": "monarch", "empress":
 @dataclass
 class DebiasConfig:
     data: BiosConfig = field(default_factory=BiosConfig)
-    n_latents: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
+    n_latents: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])
     """Numbers of gender latents ablated."""
     random_repeats: int = 5
     """Random-latent baseline: draws per N."""
@@ -292,9 +292,14 @@ def _summary(rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
         lines += ["## Findings (computed)", ""]
         lines.append(f"- Original probe: worst-group accuracy {original['worst_group_acc']:.3f}.")
         for sae, r in best.items():
+            ablated = sorted(
+                (x for x in rows if x["sae"] == sae and x["method"] == "ablate"), key=lambda x: x["n_latents"]
+            )
+            removed = next((x["n_latents"] for x in ablated if x["gender_acc"] <= 0.6), None)
             lines.append(
                 f"- {sae}: best worst-group accuracy after ablation + retraining {r['worst_group_acc']:.3f} "
-                f"at N={r['n_latents']} (gender-probe accuracy {r['gender_acc']:.3f})."
+                f"at N={r['n_latents']} (gender-probe accuracy {r['gender_acc']:.3f}); gender-probe accuracy "
+                + (f"falls to <= 0.6 from N={removed} on." if removed else "stays above 0.6 for every N tried.")
             )
         lines.append("")
     lines += ["## All results", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]

@@ -141,10 +141,16 @@ def findings(table: Any, main_k: int) -> list[str]:
             f"(clean {g['clean_loss']:.4f}); tail-token FVU {b['tail_fvu']:.4f} vs {g['tail_fvu']:.4f}; "
             f"tail-concept recall {b['tail_recall']:.3f} vs {g['tail_recall']:.3f}."
         )
+        general_change = gen.loc[best, "fvu"] - gen.loc[gsae, "fvu"]
         lines.append(
             f"On held-out general text the same SSAE has FVU {gen.loc[best, 'fvu']:.4f} vs GSAE "
-            f"{gen.loc[gsae, 'fvu']:.4f} ({_pct(gen.loc[best, 'fvu'], gen.loc[gsae, 'fvu'])}): the price of "
-            "specialising."
+            f"{gen.loc[gsae, 'fvu']:.4f} ({_pct(gen.loc[best, 'fvu'], gen.loc[gsae, 'fvu'])}): "
+            + ("specialising cost general fidelity." if general_change > 0 else "no cost to general fidelity here")
+            + (
+                " (a finetuned SSAE has trained on the GSAE's tokens and then its own, a larger budget)."
+                if b["init"] == "finetune"
+                else "."
+            )
         )
         for (strategy, init), part in ssae.groupby(["strategy", "init"]):
             tilts = part.sort_values("tilt")
