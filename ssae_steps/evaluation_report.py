@@ -50,6 +50,8 @@ def metrics_table(runs: dict[str, str], baselines: dict[str, Any]) -> Any:
                     "clean_loss": base["clean_loss"],
                     "zero_ablation_loss": base["zero_ablation_loss"],
                     "delta_loss": m["spliced_loss"] - base["clean_loss"],
+                    "spliced_perplexity": math.exp(m["spliced_loss"]),
+                    "clean_perplexity": math.exp(base["clean_loss"]),
                     "loss_recovered": (base["zero_ablation_loss"] - m["spliced_loss"]) / gap if gap else math.nan,
                     "tail_recall": result["tail"]["recall"],
                     "tail_mean_best_f1": result["tail"]["mean_best_f1"],
@@ -199,14 +201,16 @@ def evaluation_report(
     _pareto_plot(table, sweep, Path(out_pareto))
     _comparison_plot(table, main_k, Path(out_comparison))
 
-    cols = ["run", "set", "l0", "fvu", "tail_fvu", "spliced_loss", "loss_recovered", "dead_fraction", "tail_recall"]
+    cols = ["run", "set", "l0", "fvu", "tail_fvu", "spliced_loss", "spliced_perplexity", "loss_recovered"]
+    cols += ["dead_fraction", "tail_recall"]
     main = table[table["k"] == main_k][cols]
     lines = [
         "# SAE evaluation",
         "",
         f"- {FVU_FORMULA} (one mean over the held-out set).",
         "- L0: mean active latents per token. Spliced loss: next-token cross-entropy (nats) with the",
-        "  hooked block's output replaced by the SAE reconstruction (full model, LM head included).",
+        "  hooked block's output replaced by the SAE reconstruction (full model, LM head included);",
+        "  spliced perplexity = exp(spliced loss).",
         "- Loss recovered = (zero-ablation loss - spliced loss) / (zero-ablation loss - clean loss).",
         "- Tail concepts: subdomain-specific rare tokens (see README); tail recall = share of them",
         "  with a latent that detects them with F1 >= the configured threshold.",

@@ -70,3 +70,25 @@ def test_splits_are_confounded_and_balanced() -> None:
     assert len(biased) == 50 and not any(r["split"] == "heldout" for r in biased)
     with pytest.raises(ConfigError, match="debias.data.test_per_group: 30 leaves no training documents"):
         assign_splits(rows, BiosConfig(source="local", path="x", professions=["a", "b"], test_per_group=30), 0)
+
+
+def test_local_biographies_in_bias_in_bios_layout(tmp_path) -> None:
+    """The local loader reads Bias in Bios columns (profession ids, gender 0/1)."""
+    import json
+
+    from ssae_steps.bios import load_biographies
+
+    rows = [
+        {"hard_text": "She teaches physics.", "profession": 21, "gender": 1},
+        {"hard_text": "He is a nurse.", "profession": 13, "gender": 0},
+        {"hard_text": "He is a surgeon.", "profession": 5, "gender": 0},  # another profession: skipped
+    ]
+    path = tmp_path / "bios.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = BiosConfig(source="local", path=str(path), professions=["21", "13"])
+    assert load_biographies(cfg) == [
+        {"text": "She teaches physics.", "profession": "21", "gender": "female"},
+        {"text": "He is a nurse.", "profession": "13", "gender": "male"},
+    ]
+    with pytest.raises(ConfigError, match="bios.jsonl: record 0 has no field 'hard_text2'"):
+        load_biographies(BiosConfig(source="local", path=str(path), professions=["21", "13"], text_field="hard_text2"))

@@ -33,7 +33,6 @@ def sae_runs():
     return runs
 
 
-
 rule train_gsae:
     input:
         activations=f"results/activations/corpus/{POOL}/train/manifest.json",
