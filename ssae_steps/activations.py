@@ -189,18 +189,10 @@ def _forward_batch(
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``(doc_ids, positions, token_ids, activations)`` of one batch of windows,
     BOS prepended for the model and dropped from the rows with the right padding."""
-    import torch
-
     from ssae_steps import model as model_module  # looked up per call, so tests can intercept it
 
     offset = 1 if bos is not None else 0
-    width = max(len(w.ids) for w in batch) + offset
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, w in enumerate(batch):
-        row = ([bos] if offset else []) + w.ids
-        input_ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
+    input_ids, mask = model_module.padded_batch([w.ids for w in batch], bos, pad)
     device = next(model.parameters()).device
     hidden = model_module.residual_stream(model, input_ids.to(device), mask.to(device), layer).float().cpu().numpy()
     acts = np.concatenate([hidden[r, offset : offset + len(w.ids)] for r, w in enumerate(batch)])

@@ -87,7 +87,7 @@ def pooled_activations(
     """Mean-pooled residuals ``[docs, d_model]`` and, per SAE, mean-pooled latents ``[docs, d_sae]``."""
     from tqdm import tqdm
 
-    from ssae_steps.model import residual_stream
+    from ssae_steps.model import padded_batch, residual_stream
 
     bos = tokenizer.bos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -96,16 +96,10 @@ def pooled_activations(
     pooled, latents = [], {name: [] for name in saes}
     for start in tqdm(range(0, len(texts), batch_size), desc="pool", unit="batch", file=sys.stderr, mininterval=5):
         ids = tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
-        rows = [([bos] if offset else []) + x[: context_length - offset] for x in ids]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        input_ids, mask = padded_batch([x[: context_length - offset] for x in ids], bos, pad)
         hidden = residual_stream(model, input_ids.to(device), mask.to(device), layer).float().cpu()
-        for i, r in enumerate(rows):
-            tokens = hidden[i, offset : len(r)]
+        for i, n in enumerate(mask.sum(1).tolist()):
+            tokens = hidden[i, offset:n]
             pooled.append(tokens.mean(0).numpy())
             for name, sae in saes.items():
                 latents[name].append(sae.encode(tokens).mean(0).numpy())

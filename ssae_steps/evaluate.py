@@ -68,16 +68,17 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def reconstruct(sae: SparseAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_hat, active_rows, active_latents)``: reconstruction and the (row, latent) pairs > 0."""
+def reconstruct(sae: SparseAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(x_hat, active_rows, active_latents, active_values)``: the reconstruction and the
+    (row, latent) pairs > 0 with their activations."""
     if sae.cfg.architecture == "topk":
         values, indices = sae.topk(x)
         x_hat = sae.decode_sparse(values, indices)
         rows, slot = torch.nonzero(values > 0, as_tuple=True)
-        return x_hat, rows, indices[rows, slot]
+        return x_hat, rows, indices[rows, slot], values[rows, slot]
     z = sae.encode(x)
     rows, latents = torch.nonzero(z > 0, as_tuple=True)
-    return sae.decode(z), rows, latents
+    return sae.decode(z), rows, latents, z[rows, latents]
 
 
 @torch.no_grad()
@@ -91,7 +92,7 @@ def reconstruction_metrics(
     err, var, rows, latents = [], [], [], []
     for start in range(0, len(x_all), chunk):
         x = x_all[start : start + chunk].to(device)
-        x_hat, r, lat = reconstruct(sae, x)
+        x_hat, r, lat, _ = reconstruct(sae, x)
         err.append((x - x_hat).square().sum(-1).cpu())
         var.append((x - mean).square().sum(-1).cpu())
         rows.append(r.cpu() + start)
@@ -144,7 +145,7 @@ def spliced_loss(
 ) -> tuple[float, int]:
     """Mean next-token cross-entropy (nats) over ``windows`` with block ``layer``'s output
     at non-BOS positions passed through ``replace`` (None: the clean model)."""
-    from ssae_steps.model import decoder_blocks
+    from ssae_steps.model import decoder_blocks, padded_batch
 
     offset = 1 if bos is not None else 0
     device = next(model.parameters()).device
@@ -162,25 +163,19 @@ def spliced_loss(
     total, count = 0.0, 0
     try:
         for start in range(0, len(windows), batch_size):
-            batch = windows[start : start + batch_size]
-            rows = [([bos] if offset else []) + w for w in batch]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
+            ids, mask = padded_batch(windows[start : start + batch_size], bos, pad)
+            lengths = mask.sum(1).tolist()
             hidden = model.get_decoder()(
                 input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
             ).last_hidden_state
-            for i, r in enumerate(rows):
+            for i, n in enumerate(lengths):
                 # Row by row: the logits of a whole batch over a 262k vocabulary would not fit.
-                logits = head(hidden[i, : len(r) - 1]).float()
+                logits = head(hidden[i, : n - 1]).float()
                 if softcap:
                     logits = torch.tanh(logits / softcap) * softcap
-                target = ids[i, 1 : len(r)].to(device)
+                target = ids[i, 1:n].to(device)
                 total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-                count += len(r) - 1
+                count += n - 1
     finally:
         if handle is not None:
             handle.remove()

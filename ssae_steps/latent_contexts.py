@@ -30,13 +30,14 @@ log = logging.getLogger("ssae.latent_contexts")
 @torch.no_grad()
 def latent_activations(sae: SparseAutoencoder, acts: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, ...]:
     """Active ``(rows, latents, values)`` of ``sae`` on ``acts``."""
+    from ssae_steps.evaluate import reconstruct
+
     rows, latents, values = [], [], []
     for start in range(0, len(acts), chunk):
-        z = sae.encode(torch.from_numpy(acts[start : start + chunk]))
-        r, lat = torch.nonzero(z > 0, as_tuple=True)
+        _, r, lat, val = reconstruct(sae, torch.from_numpy(acts[start : start + chunk]))
         rows.append(r.numpy() + start)
         latents.append(lat.numpy())
-        values.append(z[r, lat].numpy())
+        values.append(val.numpy())
     return tuple(np.concatenate(p) for p in (rows, latents, values))
 
 

@@ -162,6 +162,20 @@ class _StopForward(Exception):
     pass
 
 
+def padded_batch(token_lists: list[list[int]], bos: int | None, pad: int) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)``: each list with BOS prepended (if the tokenizer has
+    one), right-padded with ``pad`` to the longest."""
+    import torch
+
+    rows = [([bos] if bos is not None else []) + list(ids) for ids in token_lists]
+    input_ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return input_ids, mask
+
+
 def residual_stream(model: Any, input_ids: Any, attention_mask: Any, layer: int) -> Any:
     """Residual-stream output of block ``layer`` (``[batch, seq, d_model]``), without
     running the blocks after it or the LM head."""
