@@ -109,3 +109,15 @@ def test_pretrained_gsae_is_imported_and_finetuned(tmp_path: Path) -> None:
     cfg = plan.run_config("ssae", "finetune", 0.0, k=4, seed=0)
     summary = train_sae(cfg, manifest, tmp_path / "ssae", init_from=tmp_path / "gsae" / "sae")
     assert summary["config"]["sae"]["d_sae"] == 48 and summary["steps"] == 12  # 2 epochs x 6 batches
+
+
+def test_scratch_training_starts_b_dec_at_the_activation_mean(tmp_path: Path) -> None:
+    """Residual streams carry a large shared offset; b_dec starts there (in normalised units)."""
+    acts, _ = planted(2000, 0.0)
+    acts = acts + 5.0
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    cfg = TrainConfig.from_dict({"sae": {"d_sae": 32, "k": 3}, "batch_size": 500, "lr": 1e-12, "checkpoint_every": 1})
+    assert train_sae(cfg, manifest, tmp_path / "out", stop_after_steps=1) == {"stopped_at": 1}
+    state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=False)["sae"]
+    expected = torch.from_numpy(acts.mean(0)).float() * state["input_scale"]
+    torch.testing.assert_close(state["b_dec"], expected, rtol=1e-4, atol=1e-4)

@@ -108,6 +108,7 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     metrics = pd.read_csv(evals / "metrics.csv")
     assert len(metrics) == 2 * len(runs) and set(metrics["set"]) == {"general", "subdomain"}
     assert metrics["fvu"].between(0, 2).all() and (metrics["l0"] <= metrics["k"] + 1e-9).all()
+    np.testing.assert_allclose(metrics["spliced_perplexity"], np.exp(metrics["spliced_loss"]))
     baselines = json.loads((evals / "baselines.json").read_text())
     for row in metrics.itertuples():
         assert row.clean_loss == baselines[row.set]["clean_loss"]
