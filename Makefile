@@ -3,7 +3,7 @@
 #   make test   - same install plus test tools, then ruff and the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
-CORES  ?= 8
+CORES  ?= $(shell nproc)
 BIN     = $(VENV)/bin
 
 .PHONY: install run test lint clean
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 install: $(VENV)/.installed
 
 run: install
-	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores $(CORES)
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores $(CORES)   # default: this machine's cores
 
 lint: install
 	$(BIN)/ruff check ssae_steps tests bench

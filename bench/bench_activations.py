@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssae_steps.activations import (  # noqa: E402
     ActivationConfig,
-    batches_by_length,
+    batches_in_random_order,
     cache_activations,
     select_documents,
     tokenize_windows,
@@ -44,7 +44,7 @@ def bare_forward(model_dir: Path, texts: list[str], cfg: ActivationConfig, layer
     model, tokenizer = load_model(model_dir)
     windows = tokenize_windows(tokenizer, texts, cfg.context_length, cfg.max_train_tokens)
     tokens = 0
-    for batch in batches_by_length(windows, cfg.batch_size):
+    for batch in batches_in_random_order(windows, cfg.batch_size):
         width = max(len(w.ids) for w in batch) + 1
         ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -74,7 +74,7 @@ def main() -> int:
         root = Path(tmp)
         corpus = CorpusConfig.from_dict({"heldout_fraction": 0.01, "sources": [{"kind": "wiki_summaries"}]}, "bench")
         build_corpus("bench", corpus, 0, root / "docs.parquet", root / "summary.json")
-        _, texts = select_documents(root / "docs.parquet", "train", [])
+        _, texts, _ = select_documents(root / "docs.parquet", "train", [])
         load_model(model_dir)  # warm the page cache for both
         bare, ours = [], []
         for r in range(args.repeats):

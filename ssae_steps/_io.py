@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -56,3 +57,35 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+STEPS_DIR = Path(__file__).resolve().parent
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def tree_digest(path: str | os.PathLike[str]) -> str:
+    """Content hash of a file, or of every file under a directory (relative names and
+    bytes), so resumable work keys on what an input holds rather than where it lives."""
+    root = Path(path)
+    if root.is_file():
+        return file_sha256(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: nothing to fingerprint")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def code_fingerprint(*modules: str) -> str:
+    """Fingerprint of the ``ssae_steps`` modules a stage runs (``_io`` and ``_config``
+    always count). The workflow puts it into each rule's params, and the resumable stages
+    into their run keys, so an edit never gets old work back."""
+    digest = hashlib.sha1()
+    for module in ("_io", "_config", *modules):
+        digest.update((STEPS_DIR / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:12]

@@ -1,20 +1,32 @@
 """Activation cache: residual-stream activations of the foundation model at the hook
 point, one row per token, in Parquet shards plus a ``manifest.json``.
 
-Documents are cut into windows of at most ``context_length`` tokens (BOS + up to
-``context_length - 1`` document tokens); windows are batched by length so padding is
-minimal, and the forward pass stops after the hooked block. BOS and pad positions are
-dropped. Row columns: ``doc_id``, ``position`` (token index within its document),
-``token_id`` and ``activation`` (fixed-size list of ``d_model`` float16/float32).
+Caps keep the corpus mix: documents are taken in a seeded random order until the token
+cap, so a capped set is a uniform sample of its documents (the shipped Wikipedia data is
+grouped by topic; a cap in table order would keep only the first topics). The manifest
+reports the mix by ``source`` and by each label column (e.g. ``topic``), beside the mix of
+the whole uncapped split.
 
-Shards are written atomically and carry a run key; a rerun after a crash keeps the
-complete shards of the same run and resumes after them (no token is written twice), and
-``manifest.json`` - the one output Snakemake tracks - is written last.
+Documents are cut into windows of at most ``context_length`` tokens (BOS + up to
+``context_length - 1`` document tokens). Batches hold windows of one length (little
+padding) drawn at random, and are run and written in a seeded random order, so every
+shard - and every Parquet row group of it - is a random sample of the set, while each
+window's rows stay contiguous. The forward pass stops after the hooked block. BOS and pad
+positions are dropped. Row columns: ``doc_id``, ``position`` (token index within its
+document), ``token_id`` and ``activation`` (fixed-size list of ``d_model`` float16/float32).
+
+Shards are written atomically and carry a run key: a hash of the config, the seed, the
+*content* of the model directory (weights and tokenizer), the code of this stage and the
+selected documents. A rerun after a crash keeps the complete shards of the same run and
+resumes after them (no token is written twice); any other change re-caches. The manifest
+- the one output Snakemake tracks, written last - records each shard's row count and
+SHA-256, which :class:`~ssae_steps.activation_reader.ActivationShardReader` checks.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import logging
@@ -28,13 +40,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ssae_steps._cli import add_device_arguments, device_from
 from ssae_steps._config import ConfigError, from_mapping, require_at_least, resolve_device, run_stage, to_mapping
-from ssae_steps._io import atomic_path, remove_stale_temporaries, write_json
+from ssae_steps._io import atomic_path, code_fingerprint, file_sha256, remove_stale_temporaries, tree_digest, write_json
 
 log = logging.getLogger("ssae.activations")
 SHARD_PATTERN = "shard-{:05d}.parquet"
 # Activations compress poorly and slowly; the small columns compress well.
 SHARD_COMPRESSION = {"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"}
+# Row groups are the reader's unit of random access: small enough that a shuffle buffer
+# mixes many of them from every shard, large enough to read efficiently.
+ROW_GROUP_ROWS = 4096
+CODE = ("activations", "model", "_cli")
 
 
 @dataclass
@@ -50,9 +67,10 @@ class ActivationConfig:
     shard_tokens: int = 65_536
     """Rows (tokens) per shard; the reader holds a few shards in memory at a time."""
     max_train_tokens: int | None = 400_000
-    """Cap on tokens cached from a training set (whole windows, in document order)."""
+    """Cap on tokens cached from a training set (whole windows of a seeded uniform sample
+    of its documents)."""
     max_heldout_tokens: int | None = 50_000
-    """Cap on tokens cached from a held-out (evaluation) set."""
+    """Cap on tokens cached from a held-out (evaluation) set (sampled the same way)."""
 
     def validate(self, where: str) -> None:
         require_at_least(where, 2, context_length=self.context_length)
@@ -77,12 +95,16 @@ class Window:
     ids: list[int]
 
 
-def make_windows(token_lists: list[list[int]], context_length: int, max_tokens: int | None) -> list[Window]:
-    """Windows in document order, whole windows only, stopping before ``max_tokens``."""
+def make_windows(
+    token_lists: list[list[int]], context_length: int, max_tokens: int | None, order: list[int] | None = None
+) -> list[Window]:
+    """Windows of the documents in ``order`` (default: table order), whole windows only,
+    stopping before ``max_tokens``."""
     chunk = context_length - 1
     windows: list[Window] = []
     total = 0
-    for doc, ids in enumerate(token_lists):
+    for doc in order if order is not None else range(len(token_lists)):
+        ids = token_lists[doc]
         for start in range(0, len(ids), chunk):
             piece = ids[start : start + chunk]
             if max_tokens is not None and total + len(piece) > max_tokens:
@@ -92,34 +114,76 @@ def make_windows(token_lists: list[list[int]], context_length: int, max_tokens: 
     return windows
 
 
-def tokenize_windows(tokenizer: Any, texts: list[str], context_length: int, max_tokens: int | None) -> list[Window]:
-    """Tokenize documents in chunks, only as far as ``max_tokens`` needs, and cut windows."""
-    token_lists: list[list[int]] = []
+def tokenize_windows(
+    tokenizer: Any, texts: list[str], context_length: int, max_tokens: int | None, seed: int = 0
+) -> list[Window]:
+    """Windows of the documents in a seeded random order up to ``max_tokens``: a uniform
+    sample of documents, whatever order the table is in. Only the documents the cap needs
+    are tokenized."""
+    order = np.random.default_rng(seed).permutation(len(texts)).tolist()
+    token_lists: list[list[int]] = [[] for _ in texts]
     total, chunk = 0, 256
-    for start in range(0, len(texts), chunk):
-        ids = tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"]
-        token_lists.extend(ids)
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        ids = tokenizer([texts[i] for i in part], add_special_tokens=False)["input_ids"]
+        for i, doc_ids in zip(part, ids, strict=True):
+            token_lists[i] = doc_ids
         total += sum(len(x) for x in ids)
         if max_tokens is not None and total > max_tokens:
+            order = order[: start + chunk]
             break
-    return make_windows(token_lists, context_length, max_tokens)
+    return make_windows(token_lists, context_length, max_tokens, order)
 
 
-def batches_by_length(windows: list[Window], batch_size: int) -> list[list[Window]]:
-    order = sorted(range(len(windows)), key=lambda i: (-len(windows[i].ids), i))
-    return [[windows[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+def batches_in_random_order(windows: list[Window], batch_size: int, seed: int = 0) -> list[list[Window]]:
+    """Batches of equal-length windows (little padding), each a random draw among the
+    windows of its length, in a random order: the write order of the shards."""
+    rng = np.random.default_rng([seed, 1])
+    tiebreak = rng.random(len(windows))
+    order = sorted(range(len(windows)), key=lambda i: (-len(windows[i].ids), tiebreak[i]))
+    batches = [[windows[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def select_documents(table: str | Path, split: str, exclude_tables: list[str | Path]) -> tuple[list[str], list[str]]:
-    """``(doc_ids, texts)`` of one split (``all`` for every row) minus the held-out
-    documents of ``exclude_tables``."""
+MIX_MAX_VALUES = 50  # label columns with more distinct values (titles) say nothing as a mix
+
+
+def corpus_mix(labels: dict[str, list[Any]], weights: list[float] | np.ndarray) -> dict[str, dict[str, float]]:
+    """Share of ``weights`` (tokens or characters per document) by each label column's values
+    (``(none)`` where a document has no value)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = max(float(weights.sum()), 1e-12)
+    mix: dict[str, dict[str, float]] = {}
+    for column, values in labels.items():
+        keys = ["(none)" if v is None else str(v) for v in values]
+        shares: dict[str, float] = collections.defaultdict(float)
+        for key, weight in zip(keys, weights, strict=True):
+            shares[key] += weight / total
+        mix[column] = {k: round(v, 5) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
+    return mix
+
+
+def select_documents(
+    table: str | Path, split: str, exclude_tables: list[str | Path]
+) -> tuple[list[str], list[str], dict[str, list[Any]]]:
+    """``(doc_ids, texts, labels)`` of one split (``all`` for every row) minus the held-out
+    documents of ``exclude_tables``; ``labels`` maps ``source`` and each string label
+    column to its per-document values."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ssae_steps.corpus import heldout_ids
 
     if not Path(table).exists():
         raise ConfigError(f"file {table}: table not found")
-    data = pq.read_table(table, columns=["doc_id", "text", "split"]).to_pydict()
+    schema = pq.read_schema(table)
+    label_columns = [
+        f.name
+        for f in schema
+        if f.name not in ("doc_id", "text", "split")
+        and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    ]
+    data = pq.read_table(table, columns=["doc_id", "text", "split", *label_columns]).to_pydict()
     blocked: set[str] = set()
     for other in exclude_tables:
         blocked |= heldout_ids(other)
@@ -130,7 +194,8 @@ def select_documents(table: str | Path, split: str, exclude_tables: list[str | P
     ]
     if not keep:
         raise ConfigError(f"file {table}: no documents in split {split!r}")
-    return [data["doc_id"][i] for i in keep], [data["text"][i] for i in keep]
+    labels = {c: [data[c][i] for i in keep] for c in label_columns}
+    return [data["doc_id"][i] for i in keep], [data["text"][i] for i in keep], labels
 
 
 class _RunningStats:
@@ -228,8 +293,10 @@ def cache_activations(
     manifest: str | Path,
     exclude_heldout_of: list[str | Path] | None = None,
     device: str = "cpu",
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Cache the activations of ``table``'s ``split`` documents; return the manifest."""
+    """Cache the activations of ``table``'s ``split`` documents; return the manifest.
+    ``seed`` fixes the document sample under the cap and the write order."""
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
@@ -240,14 +307,17 @@ def cache_activations(
     shard_dir = manifest.parent / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(manifest)
-    doc_ids, texts = select_documents(table, split, exclude_heldout_of or [])
+    doc_ids, texts, labels = select_documents(table, split, exclude_heldout_of or [])
+    labels = {c: v for c, v in labels.items() if len(set(v)) <= MIX_MAX_VALUES}
+    model_digest = tree_digest(model_dir)
     model, tokenizer = load_model(model_dir, resolve_device(device))
     dim = int(model.config.get_text_config().hidden_size)
     max_tokens = cfg.max_heldout_tokens if split == "heldout" else cfg.max_train_tokens
-    windows = tokenize_windows(tokenizer, texts, cfg.context_length, max_tokens)
+    windows = tokenize_windows(tokenizer, texts, cfg.context_length, max_tokens, seed)
     if not windows:
         raise ConfigError(f"file {table}: split {split!r} has no tokens")
-    key_src = json.dumps([to_mapping(cfg), str(model_dir), hook_layer, split, doc_ids, len(windows)])
+    code = code_fingerprint(*CODE)
+    key_src = json.dumps([to_mapping(cfg), model_digest, code, hook_layer, split, seed, doc_ids, len(windows)])
     run_key = hashlib.sha1(key_src.encode()).hexdigest()
     done = _complete_shards(shard_dir, run_key, cfg.shard_tokens)
     skip = done * cfg.shard_tokens
@@ -267,15 +337,23 @@ def cache_activations(
     buffered = 0
     shard_index = done
     emitted = 0
-    shards = [{"file": SHARD_PATTERN.format(i), "rows": cfg.shard_tokens} for i in range(done)]
+    shards = [
+        {
+            "file": SHARD_PATTERN.format(i),
+            "rows": cfg.shard_tokens,
+            "sha256": file_sha256(shard_dir / SHARD_PATTERN.format(i)),
+        }
+        for i in range(done)
+    ]
     # Shards are written by one background thread (Arrow releases the GIL) while the next
     # batches run; at most one write is in flight, bounding memory.
     writer = ThreadPoolExecutor(max_workers=1)
     pending: list[Future[None]] = []
 
-    def write_shard(path: Path, table: Any) -> None:
+    def write_shard(path: Path, table: Any, entry: dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, compression=SHARD_COMPRESSION)
+            pq.write_table(table, tmp, compression=SHARD_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+            entry["sha256"] = file_sha256(tmp)
 
     def flush(final: bool) -> None:
         nonlocal buffer, buffered, shard_index
@@ -287,14 +365,19 @@ def cache_activations(
             while pending:
                 pending.pop().result()
             table = _shard_table(ids[:n], pos[:n], tok[:n], act[:n], run_key)
-            pending.append(writer.submit(write_shard, shard_dir / name, table))
-            shards.append({"file": name, "rows": n})
+            entry: dict[str, Any] = {"file": name, "rows": n}
+            pending.append(writer.submit(write_shard, shard_dir / name, table, entry))
+            shards.append(entry)
             shard_index += 1
             buffer = [(ids[n:], pos[n:], tok[n:], act[n:])] if buffered > n else []
             buffered -= n
 
     progress = tqdm(
-        batches_by_length(windows, cfg.batch_size), desc="forward", unit="batch", file=sys.stderr, mininterval=5
+        batches_in_random_order(windows, cfg.batch_size, seed),
+        desc="forward",
+        unit="batch",
+        file=sys.stderr,
+        mininterval=5,
     )
     try:
         for batch in progress:
@@ -322,18 +405,30 @@ def cache_activations(
         writer.shutdown(wait=True)
 
     total = sum(s["rows"] for s in shards)
+    window_tokens = collections.Counter()
+    for w in windows:
+        window_tokens[w.doc] += len(w.ids)
+    sampled = sorted(window_tokens)
     info = {
         "config": to_mapping(cfg),
+        "seed": seed,
         "model_dir": str(model_dir),
+        "model_digest": model_digest,
+        "code": code,
         "hook_layer": hook_layer,
         "hook_name": f"blocks.{hook_layer}.hook_resid_post",
         "d_model": dim,
         "dtype": cfg.dtype,
         "table": str(table),
         "split": split,
-        "documents": len({doc_ids[w.doc] for w in windows}),
+        "documents": len(sampled),
+        "split_documents": len(doc_ids),
         "windows": len(windows),
         "tokens": total,
+        # Token shares of the cached set by source and label, beside the character shares
+        # of the whole split: a capped set should match them up to sampling noise.
+        "mix": corpus_mix({c: [v[i] for i in sampled] for c, v in labels.items()}, [window_tokens[i] for i in sampled]),
+        "split_mix": corpus_mix(labels, [len(t) for t in texts]),
         "shards": shards,
         "run_key": run_key,
         "stats": stats.summary(),
@@ -354,15 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True, choices=["train", "heldout", "all"])
     parser.add_argument("--exclude-heldout-of", nargs="*", default=[])
     parser.add_argument("--manifest", required=True)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--seed", type=int, default=0, help="document sample under the cap and write order")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
 
     def body() -> None:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
+        device = device_from(args)
         cfg = ActivationConfig.from_dict(json.loads(args.params))
         cache_activations(
             cfg,
@@ -372,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             args.split,
             args.manifest,
             args.exclude_heldout_of,
-            args.device,
+            device,
+            args.seed,
         )
 
     return run_stage(body)

@@ -6,11 +6,15 @@ Strategies (the paper's recipe is ``dense``):
 * ``dense``  - top-k pool neighbours of each seed document by sentence-embedding cosine
   (faiss), merged, de-duplicated and ranked by their best score over all seeds;
 * ``bm25``   - the same with BM25 (``bm25s``) scores, each seed document as a query;
-* ``random`` - pool documents in a seeded random order (the control).
+* ``random`` - pool documents only, in a seeded random order: general text with no seed
+  documents, the paper's general-data baseline and the matched-compute control;
+* ``seed_random`` - the seed documents, then random pool documents.
 
 Every strategy fills the same **token budget**, counted with the foundation model's
-tokenizer (no special tokens): seed documents first (``include_seed``), then pool
-documents in rank order, stopping before the first one that would overflow the budget.
+tokenizer (no special tokens): seed documents first (``include_seed``; never for
+``random``), then pool documents in rank order, stopping before the first one that would
+overflow the budget. ``seed`` alone holds fewer tokens than the budget; training gives
+every strategy the same number of tokens all the same (``training.ssae.tokens``).
 If the top-k lists run out first, k grows (x4) until the budget is met or the pool is
 exhausted. Pool documents that are seed documents, held out in the pool, or held out in
 the subdomain are never retrieved, and no document appears twice.
@@ -37,8 +41,8 @@ from ssae_steps.faiss_index import IndexConfig
 
 log = logging.getLogger("ssae.retrieve")
 
-Strategy = Literal["seed", "dense", "bm25", "random"]
-STRATEGIES: tuple[str, ...] = ("seed", "dense", "bm25", "random")
+Strategy = Literal["seed", "dense", "bm25", "random", "seed_random"]
+STRATEGIES: tuple[str, ...] = ("seed", "dense", "bm25", "random", "seed_random")
 
 
 @dataclass
@@ -204,7 +208,8 @@ def select(
         )
     seed_tokens = count_tokens(tokenizer, seed_df["text"].tolist())
     pool_tokens = count_tokens(tokenizer, pool_df["text"].tolist())
-    available = int(pool_tokens.sum()) + (int(seed_tokens.sum()) if cfg.include_seed else 0)
+    with_seed = strategy == "seed" or (cfg.include_seed and strategy != "random")
+    available = int(pool_tokens.sum()) + (int(seed_tokens.sum()) if with_seed else 0)
     if cfg.token_budget > available:
         raise ConfigError(
             f"retrieval.token_budget: {cfg.token_budget:,} tokens is more than the {available:,} tokens "
@@ -212,7 +217,7 @@ def select(
         )
 
     seed_take, _ = take_within_budget(np.arange(len(seed_df)), seed_tokens, cfg.token_budget)
-    if not cfg.include_seed and strategy != "seed":
+    if not with_seed:
         seed_take = seed_take[:0]
     remaining = cfg.token_budget - int(seed_tokens[seed_take].sum())
     effective_k = None
@@ -228,7 +233,7 @@ def select(
         (positions, scores, seeds_of), effective_k = expand(
             ranker, pool_tokens, remaining, cfg.neighbours_per_seed, len(pool_df)
         )
-    elif strategy == "random":
+    elif strategy in ("random", "seed_random"):
         order = np.random.default_rng(seed).permutation(len(pool_df))
         positions, _ = take_within_budget(order, pool_tokens, remaining)
         scores = np.full(len(positions), np.nan, dtype=np.float32)

@@ -6,11 +6,19 @@ Objective per batch: ``tilted_loss(l_i, tilt)`` over per-token reconstruction lo
 plus the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK, the
 AuxK loss that teaches dead latents to model the residual (Gao et al. 2024).
 
+Run length is ``epochs`` passes over the set, or a fixed number of ``tokens`` (SSAEs: the
+same steps and tokens for every selection strategy; a set smaller than that, such as the
+seed documents alone, is repeated).
+
 Checkpoints (``checkpoint.pt``: weights, optimiser, step, data position, RNG, firing
-counters) are written atomically every ``checkpoint_every`` steps; a rerun with the same
-configuration resumes from the last one and ends with the same weights as an
-uninterrupted run. Non-finite losses or weights stop the run with an error, before any
-checkpoint of them is written.
+counters) are written atomically every ``checkpoint_every`` steps; a rerun resumes from
+the last one and ends with the same weights as an uninterrupted run. A checkpoint is only
+resumed when its key matches: the configuration, the activation set's run key (itself a
+hash of the model's weights, the stage's code and the documents), the *content* hash of
+the SAE it finetunes, and the code of this stage. The checkpoint is deleted once the
+outputs are written, so a finished run leaves nothing a later run could reuse.
+Non-finite losses or weights stop the run with an error, before any checkpoint of them is
+written.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from ssae_steps._config import (
     run_stage,
     to_mapping,
 )
-from ssae_steps._io import atomic_path, write_json
+from ssae_steps._io import atomic_path, code_fingerprint, tree_digest, write_json
 from ssae_steps.activation_reader import ActivationShardReader
 from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
 
@@ -60,7 +68,10 @@ class TrainConfig:
     batch_size: int = 1024
     """Tokens per step (a few hundred thousand tokens need many small steps more than big ones)."""
     epochs: float = 1.0
-    """Passes over the activation set (fractions allowed)."""
+    """Passes over the activation set (fractions allowed); ignored when ``tokens`` is set."""
+    tokens: int | None = None
+    """Training tokens (steps = tokens // batch_size), however large the set: the set is
+    repeated or cut as needed."""
     aux_k: int = 256
     """TopK: latents in the AuxK reconstruction of the residual."""
     aux_coefficient: float = 1 / 32
@@ -75,6 +86,7 @@ class TrainConfig:
         require_at_least(where, 1, checkpoint_every=self.checkpoint_every, dead_after_tokens=self.dead_after_tokens)
         if self.tilt < 0 or self.lr <= 0 or self.epochs <= 0:
             raise ConfigError(f"{where}: tilt must be >= 0, lr and epochs > 0")
+        require_at_least(where, self.batch_size, tokens=self.tokens)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "training") -> TrainConfig:
@@ -97,7 +109,9 @@ class SpecialisedSAEPlan:
 
     inits: list[Literal["finetune", "scratch"]] = field(default_factory=lambda: ["finetune", "scratch"])
     tilts: list[float] = field(default_factory=lambda: [0.0, 2.0])
-    epochs: float = 2.0
+    tokens: int = 200_000
+    """Training tokens of every SSAE, whatever its set's size: equal steps and tokens for
+    every strategy (a smaller set, such as the seed documents alone, is repeated)."""
 
     def validate(self, where: str) -> None:
         if not self.inits or not self.tilts:
@@ -106,13 +120,13 @@ class SpecialisedSAEPlan:
             raise ConfigError(f"{where}.tilts: must be >= 0, got {self.tilts}")
 
 
-PER_RUN_KEYS = ("init", "tilt", "epochs", "seed")
+PER_RUN_KEYS = ("init", "tilt", "epochs", "tokens", "seed")
 
 
 @dataclass
 class TrainingPlan:
     """The workflow's ``training`` section: shared settings (a :class:`TrainConfig` without
-    the per-run keys init/tilt/epochs/seed), the GSAE and SSAE plans, and extra k values
+    the per-run keys init/tilt/epochs/tokens/seed), the GSAE and SSAE plans, and extra k values
     for the Pareto sweep."""
 
     shared: TrainConfig
@@ -139,8 +153,8 @@ class TrainingPlan:
         return cls(shared, gsae, ssae, k_sweep)
 
     def run_config(self, role: Literal["gsae", "ssae"], init: str, tilt: float, k: int, seed: int) -> TrainConfig:
-        epochs = self.gsae.epochs if role == "gsae" else self.ssae.epochs
-        run = replace(self.shared, sae=replace(self.shared.sae, k=k), init=init, tilt=tilt, epochs=epochs, seed=seed)
+        length = {"epochs": self.gsae.epochs, "tokens": None} if role == "gsae" else {"tokens": self.ssae.tokens}
+        run = replace(self.shared, sae=replace(self.shared.sae, k=k), init=init, tilt=tilt, seed=seed, **length)
         run.validate("training")
         return run
 
@@ -197,8 +211,12 @@ def _step_losses(
     return loss, stats, fired
 
 
-def _run_key(cfg: TrainConfig, manifest: dict[str, Any], init_from: str | None) -> str:
-    src = json.dumps([to_mapping(cfg), manifest["run_key"], init_from], sort_keys=True)
+CODE = ("train_sae", "sae", "activation_reader", "_cli")
+
+
+def _run_key(cfg: TrainConfig, manifest: dict[str, Any], init_from: str | Path | None) -> str:
+    init_digest = tree_digest(init_from) if init_from is not None else None
+    src = json.dumps([to_mapping(cfg), manifest["run_key"], init_digest, code_fingerprint(*CODE)], sort_keys=True)
     return hashlib.sha1(src.encode()).hexdigest()
 
 
@@ -235,10 +253,14 @@ def train_sae(
                 sae.b_dec.copy_(torch.tensor(mean, dtype=torch.float32) * sae.input_scale)
     sae.to(device)
     reader = ActivationShardReader(manifest_path, cfg.batch_size, seed=cfg.seed, drop_last=True)
-    total_steps = max(1, int(cfg.epochs * len(reader)))
+    if len(reader) == 0:
+        raise ConfigError(
+            f"training.batch_size: {cfg.batch_size} is more than the {reader.tokens} tokens of {manifest_path}"
+        )
+    total_steps = max(1, cfg.tokens // cfg.batch_size if cfg.tokens else int(cfg.epochs * len(reader)))
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     tokens_since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long, device=device)
-    step, rows, key = 0, [], _run_key(cfg, manifest, str(init_from) if init_from else None)
+    step, rows, key = 0, [], _run_key(cfg, manifest, init_from if cfg.init == "finetune" else None)
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
@@ -309,11 +331,15 @@ def train_sae(
         "config": to_mapping(cfg),
         "steps": step,
         "tokens": step * cfg.batch_size,
+        "set_tokens": reader.tokens,
+        "passes": round(step * cfg.batch_size / max(reader.tokens, 1), 3),
+        "run_key": key,
         "final": rows[-1] if rows else {},
         "seconds": round(seconds, 2),
         "tokens_per_second": round(step * cfg.batch_size / max(seconds, 1e-9), 1),
     }
     write_json(out_dir / "summary.json", summary)
+    checkpoint.unlink(missing_ok=True)
     return summary
 
 

@@ -105,7 +105,7 @@ def pipeline_config(
             "dead_after_tokens": 2000,
             "log_every": 2,
             "checkpoint_every": 5,
-            "ssae": {"inits": ["finetune", "scratch"], "tilts": [0.0, 2.0], "epochs": 1},
+            "ssae": {"inits": ["finetune", "scratch"], "tilts": [0.0, 2.0], "tokens": 4096},
             "k_sweep": [4],
         },
         # A 768-token vocabulary and a few thousand tokens: looser tail-concept thresholds.

@@ -1,8 +1,10 @@
-"""Activation shards: exact values, token counts, reader coverage, resume after a crash."""
+"""Activation shards: exact values, token counts, representative caps, random write order,
+reader coverage, resume after a crash and re-caching after a model change."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from ssae_steps.activation_reader import ActivationShardReader
-from ssae_steps.activations import ActivationConfig, cache_activations, make_windows
+from ssae_steps.activations import ActivationConfig, cache_activations, make_windows, tokenize_windows
 from ssae_steps.corpus import CorpusConfig, build_corpus
 from ssae_steps.model import load_model
 
@@ -101,7 +103,7 @@ def test_windows() -> None:
 def test_reader_visits_every_token_once_per_epoch(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
     info = cache_activations(_cfg(shard_tokens=500), tiny_model_dir, LAYER, corpus, "train", tmp_path / "m.json")
     assert len(info["shards"]) >= 4
-    reader = ActivationShardReader(tmp_path / "m.json", batch_size=64, seed=1, shards_in_memory=2, with_metadata=True)
+    reader = ActivationShardReader(tmp_path / "m.json", batch_size=64, seed=1, buffer_rows=800, with_metadata=True)
     orders = []
     for _ in range(2):
         seen = []
@@ -151,3 +153,94 @@ def test_resume_after_crash_keeps_shards_and_writes_no_duplicates(
     pd.testing.assert_frame_equal(a.drop(columns="activation"), b.drop(columns="activation"))
     np.testing.assert_allclose(np.stack(a["activation"]), np.stack(b["activation"]), atol=1e-5)
     np.testing.assert_allclose(resumed["stats"]["mean"], clean["stats"]["mean"], atol=1e-6)
+
+
+class WordTokenizer:
+    """Whitespace tokenizer with the Hugging Face call signature the cap code uses."""
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[len(word) for word in text.split()] for text in texts]}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_capped_set_keeps_every_topic_near_its_share(seed: int) -> None:
+    """A topic-grouped corpus (12 topics in contiguous runs, as the shipped Wikipedia data
+    is) capped at 20% of its tokens: every topic's token share in the capped set is within
+    0.04 (absolute; shares are ~0.083, with ~700 documents sampled the binomial standard
+    deviation is ~0.01) of its share in the whole corpus."""
+    rng = np.random.default_rng(100 + seed)
+    topics, texts = [], []
+    for topic in range(12):
+        for _ in range(300):
+            topics.append(topic)
+            texts.append(" ".join("w" * int(rng.integers(1, 9)) for _ in range(int(rng.integers(20, 100)))))
+    lengths = np.array([len(t.split()) for t in texts])
+    cap = int(0.2 * lengths.sum())
+    windows = tokenize_windows(WordTokenizer(), texts, context_length=32, max_tokens=cap, seed=seed)
+    taken = np.zeros(12)
+    for w in windows:
+        taken[topics[w.doc]] += len(w.ids)
+    assert cap - 31 < taken.sum() <= cap
+    corpus_share = np.bincount(topics, weights=lengths) / lengths.sum()
+    np.testing.assert_allclose(taken / taken.sum(), corpus_share, atol=0.04)
+
+
+def _topic_corpus(small_corpora: dict[str, Path], root: Path) -> Path:
+    """Real Wikipedia summaries of three topics, grouped by topic as the shipped data is."""
+    from tests.conftest import wiki_texts
+
+    path = root / "grouped.jsonl"
+    with path.open("w") as handle:
+        for topic in ("Physical sciences", "History", "Arts"):
+            for row in wiki_texts(40, topic):
+                handle.write(json.dumps({"text": row["text"], "topic": topic}) + "\n")
+    cfg = CorpusConfig.from_dict(
+        {"heldout_fraction": 0.1, "sources": [{"kind": "jsonl", "path": str(path), "label_fields": ["topic"]}]}, "c"
+    )
+    build_corpus("c", cfg, 0, root / "docs.parquet", root / "summary.json")
+    return root / "docs.parquet"
+
+
+def test_manifest_reports_mix_and_shards_mix_topics(tiny_model_dir: Path, small_corpora: dict, tmp_path: Path) -> None:
+    """The capped set's topic mix is reported beside the split's, and the first shard -
+    written in random window order - already holds every topic."""
+    table = _topic_corpus(small_corpora, tmp_path)
+    cfg = _cfg(shard_tokens=400, max_train_tokens=2400)
+    info = cache_activations(cfg, tiny_model_dir, LAYER, table, "all", tmp_path / "m.json", seed=3)
+    assert set(info["mix"]["topic"]) == set(info["split_mix"]["topic"]) == {"Physical sciences", "History", "Arts"}
+    assert set(info["mix"]["source"]) == {"jsonl:grouped.jsonl"}
+    docs = pd.read_parquet(table).set_index("doc_id")
+    first = pq.read_table(tmp_path / "shards" / info["shards"][0]["file"]).to_pandas()
+    assert set(docs.loc[first["doc_id"].unique(), "topic"]) == {"Physical sciences", "History", "Arts"}
+    # Windows stay contiguous: within a shard a document's positions of one window follow each other.
+    for _, rows in first.groupby("doc_id", sort=False):
+        for _, window in rows.groupby(rows["position"] // 47):
+            assert np.all(np.diff(window.index.to_numpy()) == 1)
+    # Another seed samples other documents under the same cap.
+    other = cache_activations(cfg, tiny_model_dir, LAYER, table, "all", tmp_path / "o" / "m.json", seed=4)
+    assert set(_rows(tmp_path / "o" / "m.json")["doc_id"]) != set(_rows(tmp_path / "m.json")["doc_id"])
+    assert other["run_key"] != info["run_key"]
+
+
+def test_new_weights_under_the_same_path_are_recached(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    """The run key holds the model directory's content, so replacing the weights in place
+    re-caches every shard instead of keeping the complete ones of the old model."""
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    manifest = tmp_path / "acts" / "m.json"
+    before = cache_activations(_cfg(shard_tokens=300), model_dir, LAYER, corpus, "train", manifest)
+    old = _rows(manifest)
+    weights = load_file(model_dir / "model.safetensors")
+    name = next(k for k in weights if "layers.0.mlp.down_proj" in k)
+    weights[name] = weights[name] * 3.0
+    save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+    after = cache_activations(_cfg(shard_tokens=300), model_dir, LAYER, corpus, "train", manifest)
+    assert after["run_key"] != before["run_key"] and after["model_digest"] != before["model_digest"]
+    new = _rows(manifest)
+    pd.testing.assert_frame_equal(old.drop(columns="activation"), new.drop(columns="activation"))
+    # Every shard changed, the first (complete) ones included.
+    for shard in range(len(after["shards"])):
+        rows = slice(shard * 300, (shard + 1) * 300)
+        assert not np.allclose(np.stack(old["activation"][rows]), np.stack(new["activation"][rows]))

@@ -97,7 +97,7 @@ def test_planted_documents_come_first(planted: dict, strategy: str) -> None:
     assert retrieved["score"].is_monotonic_decreasing
 
 
-@pytest.mark.parametrize("strategy", ["seed", "dense", "bm25", "random"])
+@pytest.mark.parametrize("strategy", ["seed", "dense", "bm25", "random", "seed_random"])
 def test_budget_heldout_and_uniqueness(planted: dict, strategy: str) -> None:
     sub = pd.read_parquet(planted["tables"]["sub"])
     train_texts = sub.loc[sub["split"] == "train", "text"].tolist()
@@ -112,8 +112,12 @@ def test_budget_heldout_and_uniqueness(planted: dict, strategy: str) -> None:
     heldout = set(pool.loc[pool["split"] == "heldout", "doc_id"]) | set(sub.loc[sub["split"] == "heldout", "doc_id"])
     assert not heldout & set(df["doc_id"])
     seeds = df[df["origin"] == "seed"]
-    assert set(seeds["doc_id"]) == set(sub.loc[sub["split"] == "train", "doc_id"])
-    assert summary["seed_tokens"] == seed_tokens
+    if strategy == "random":
+        # The general-data control: pool text only, not one subdomain document.
+        assert seeds.empty and summary["seed_tokens"] == 0 and not set(df["doc_id"]) & set(sub["doc_id"])
+    else:
+        assert set(seeds["doc_id"]) == set(sub.loc[sub["split"] == "train", "doc_id"])
+        assert summary["seed_tokens"] == seed_tokens
     if strategy != "seed":
         # Stopped by the budget: the largest pool document would not have fitted.
         largest = max(

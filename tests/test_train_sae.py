@@ -1,7 +1,13 @@
-"""SAE training: resume equals an uninterrupted run; Tilted ERM helps the rare tokens."""
+"""SAE training: resume equals an uninterrupted run and never reuses stale work; equal
+budgets; Tilted ERM helps the rare tokens."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +111,12 @@ def test_pretrained_gsae_is_imported_and_finetuned(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"training.gsae.pretrained: .*too_wide has d_in=32.*d_model is 24"):
         import_pretrained(tmp_path / "too_wide", manifest, tmp_path / "gsae")
     import_pretrained(tmp_path / "pretrained", manifest, tmp_path / "gsae")
-    plan = TrainingPlan.from_dict({"batch_size": 500, "gsae": {"pretrained": str(tmp_path / "pretrained")}})
+    plan = TrainingPlan.from_dict(
+        {"batch_size": 500, "gsae": {"pretrained": str(tmp_path / "pretrained")}, "ssae": {"tokens": 6000}}
+    )
     cfg = plan.run_config("ssae", "finetune", 0.0, k=4, seed=0)
     summary = train_sae(cfg, manifest, tmp_path / "ssae", init_from=tmp_path / "gsae" / "sae")
-    assert summary["config"]["sae"]["d_sae"] == 48 and summary["steps"] == 12  # 2 epochs x 6 batches
+    assert summary["config"]["sae"]["d_sae"] == 48 and summary["steps"] == 12  # 6000 tokens / 500
 
 
 def test_scratch_training_starts_b_dec_at_the_activation_mean(tmp_path: Path) -> None:
@@ -121,3 +129,94 @@ def test_scratch_training_starts_b_dec_at_the_activation_mean(tmp_path: Path) ->
     state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=False)["sae"]
     expected = torch.from_numpy(acts.mean(0)).float() * state["input_scale"]
     torch.testing.assert_close(state["b_dec"], expected, rtol=1e-4, atol=1e-4)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_sae(a).state_dict(), load_sae(b).state_dict()
+    return all(torch.equal(wa[name], wb[name]) for name in wa)
+
+
+SMALL = {"sae": {"d_sae": 32, "k": 3}, "batch_size": 500, "checkpoint_every": 2, "dead_after_tokens": 2000, "aux_k": 4}
+
+
+def test_retrained_gsae_changes_the_finetuned_ssae(tmp_path: Path) -> None:
+    """The SSAE rerun after its GSAE was retrained (same path, new weights) must start from
+    the new GSAE, not resume the finished run's checkpoint."""
+    acts, _ = planted(3000, 0.0)
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    gsae, ssae = tmp_path / "gsae", tmp_path / "ssae"
+    finetune = TrainConfig.from_dict({**SMALL, "init": "finetune", "tokens": 3000})
+    train_sae(TrainConfig.from_dict({**SMALL, "epochs": 1, "seed": 1}), manifest, gsae)
+    train_sae(finetune, manifest, ssae, init_from=gsae / "sae")
+    first = tmp_path / "first"
+    shutil.copytree(ssae / "sae", first)
+    assert not (ssae / "checkpoint.pt").exists()  # a finished run leaves nothing to resume
+
+    train_sae(TrainConfig.from_dict({**SMALL, "epochs": 1, "seed": 2}), manifest, gsae)  # a changed GSAE config
+    train_sae(
+        TrainConfig.from_dict({**SMALL, "init": "finetune", "tokens": 3000}), manifest, ssae, init_from=gsae / "sae"
+    )
+    assert not _same_weights(first, ssae / "sae")
+    fresh = tmp_path / "fresh"
+    train_sae(
+        TrainConfig.from_dict({**SMALL, "init": "finetune", "tokens": 3000}), manifest, fresh, init_from=gsae / "sae"
+    )
+    assert _same_weights(fresh / "sae", ssae / "sae")
+
+
+def test_checkpoint_of_another_start_sae_is_not_resumed(tmp_path: Path) -> None:
+    """A killed finetune leaves a checkpoint; if the starting SAE changes before the rerun,
+    the rerun starts over from the new SAE (the key holds its content hash, not its path)."""
+    acts, _ = planted(3000, 0.0)
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    gsae = tmp_path / "gsae"
+    train_sae(TrainConfig.from_dict({**SMALL, "epochs": 1, "seed": 1}), manifest, gsae)
+    finetune = {**SMALL, "init": "finetune", "tokens": 3000}
+    train_sae(TrainConfig.from_dict(finetune), manifest, tmp_path / "cut", init_from=gsae / "sae", stop_after_steps=4)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    train_sae(TrainConfig.from_dict({**SMALL, "epochs": 1, "seed": 2}), manifest, gsae)
+    train_sae(TrainConfig.from_dict(finetune), manifest, tmp_path / "cut", init_from=gsae / "sae")
+    train_sae(TrainConfig.from_dict(finetune), manifest, tmp_path / "fresh", init_from=gsae / "sae")
+    assert _same_weights(tmp_path / "cut" / "sae", tmp_path / "fresh" / "sae")
+
+
+def test_training_code_edit_changes_the_trained_sae(tmp_path: Path) -> None:
+    """Rerunning after a behaviour-changing edit of the training module (here: Adam's beta1)
+    trains anew instead of returning the earlier weights."""
+    acts, _ = planted(3000, 0.0)
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    code = tmp_path / "code"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "ssae_steps", code / "ssae_steps")
+    params = json.dumps({**SMALL, "ssae": {"tokens": 3000}})
+    out = tmp_path / "run"
+
+    def run() -> None:
+        cmd = [sys.executable, "-m", "ssae_steps.train_sae", "--params", params, "--role", "ssae", "--k", "3"]
+        cmd += ["--manifest", str(manifest), "--out-dir", str(out), "--threads", "1"]
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    run()
+    before = tmp_path / "before"
+    shutil.copytree(out / "sae", before)
+    module = code / "ssae_steps" / "train_sae.py"
+    source = module.read_text()
+    assert "betas=(0.9, 0.999)" in source
+    module.write_text(source.replace("betas=(0.9, 0.999)", "betas=(0.5, 0.999)"))
+    run()
+    assert not _same_weights(before, out / "sae")
+
+
+def test_token_budget_gives_equal_steps_for_small_and_large_sets(tmp_path: Path) -> None:
+    """SSAEs train a fixed number of tokens: a set smaller than that is repeated."""
+    small, _ = planted(1500, 0.0)
+    large, _ = planted(6000, 0.0, seed=1)
+    summaries = {}
+    for name, acts in (("small", small), ("large", large)):
+        manifest = write_activation_set(acts, tmp_path / name / "manifest.json")
+        cfg = TrainingPlan.from_dict({**SMALL, "ssae": {"tokens": 5000}}).run_config("ssae", "scratch", 0.0, 3, 0)
+        summaries[name] = train_sae(cfg, manifest, tmp_path / f"out-{name}")
+    assert summaries["small"]["steps"] == summaries["large"]["steps"] == 10
+    assert summaries["small"]["tokens"] == summaries["large"]["tokens"] == 5000
+    assert summaries["small"]["passes"] == pytest.approx(5000 / 1500, rel=1e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -77,6 +78,9 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
         assert summary["tokens"] <= 12000 and selected["doc_id"].is_unique
         assert not held & set(selected["doc_id"])
         assert (strategy == "seed") == (summary["retrieved_documents"] == 0)
+        # random is general text only: the general-data control holds no seed document.
+        assert (strategy == "random") == (summary["seed_documents"] == 0)
+        assert not (strategy == "random" and set(selected["doc_id"]) & set(physics["doc_id"]))
     comparison = json.loads((workdir / "results/retrieval/physics/comparison.json").read_text())
     assert [r["strategy"] for r in comparison["strategies"]] == ["seed", "dense", "bm25", "random"]
     assert (workdir / "results/retrieval/physics/comparison.png").exists()
@@ -95,6 +99,14 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     gsae = json.loads((sae_dir / "general/k8/summary.json").read_text())
     assert gsae["config"]["init"] == "scratch" and gsae["config"]["sae"]["d_in"] == 64
     assert gsae["steps"] == general_train["tokens"] // 256  # one epoch of full batches
+    assert set(general_train["mix"]["source"]) <= set(general["source"]) and "topic" in general_train["split_mix"]
+    # Equal budgets: every strategy's SSAE trains the same steps on the same tokens, the
+    # seed set (smaller than the budget) by repeating its tokens.
+    ssae_runs = {s: json.loads((sae_dir / f"physics/{s}/finetune-t0-k8/summary.json").read_text()) for s in STRATS}
+    assert {(r["steps"], r["tokens"]) for r in ssae_runs.values()} == {(4096 // 256, 4096)}
+    for run in ssae_runs.values():
+        assert run["passes"] == pytest.approx(run["tokens"] / run["set_tokens"], abs=1e-3)
+    assert not list(sae_dir.rglob("checkpoint.pt"))  # a finished run leaves nothing to resume
     runs = pd.read_csv(sae_dir / "training_summary.csv").set_index("run")
     assert len(runs) == 2 + 4 * 2 * 2 + 1
     assert runs.loc["ssae/dense/finetune-t2-k8", "tilt"] == 2.0
@@ -248,6 +260,15 @@ def test_config_change_reruns_only_dependent_stages(local_run: Path, key: str, v
     jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
     jobs.pop("all", None)
     assert jobs == expected
+
+
+def test_cores_beyond_the_machine_are_clamped(local_run: Path) -> None:
+    """`snakemake --cores 8` on a smaller machine must not run more threads than it has."""
+    cores = len(os.sched_getaffinity(0))
+    result = snakemake(local_run, "--configfile", str(local_run / "config.yaml"), "-n", "--cores", str(cores + 6))
+    assert f"using {cores} so concurrent jobs' threads fit the real cores" in result.stdout + result.stderr
+    result = snakemake(local_run, "--configfile", str(local_run / "config.yaml"), "-n", "--cores", str(cores))
+    assert "exceeds this machine's" not in result.stdout + result.stderr
 
 
 def test_module_edit_reruns_only_its_rules(local_run: Path, tmp_path: Path) -> None:

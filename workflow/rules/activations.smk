@@ -24,8 +24,9 @@ rule cache_corpus_activations:
     params:
         cfg=as_json(config["activations"]),
         hook_layer=config["model"]["hook_layer"],
+        seed=config["seed"],
         device=DEVICE,
-        code=code_version("activations", "model"),
+        code=code_version("activations", "model", "_cli"),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
@@ -38,7 +39,7 @@ rule cache_corpus_activations:
     shell:
         "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
         "--hook-layer {params.hook_layer} --table {input.table} --split {wildcards.split} "
-        "--exclude-heldout-of {input.exclude} --manifest {output.manifest} "
+        "--exclude-heldout-of {input.exclude} --manifest {output.manifest} --seed {params.seed} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
 
@@ -54,8 +55,9 @@ rule cache_selected_activations:
     params:
         cfg=as_json(config["activations"]),
         hook_layer=config["model"]["hook_layer"],
+        seed=config["seed"],
         device=DEVICE,
-        code=code_version("activations", "model"),
+        code=code_version("activations", "model", "_cli"),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
@@ -68,7 +70,7 @@ rule cache_selected_activations:
     shell:
         "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
         "--hook-layer {params.hook_layer} --table {input.table} --split train "
-        "--manifest {output.manifest} --device {params.device} --threads {threads} > {log} 2>&1"
+        "--manifest {output.manifest} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 def activation_manifests():

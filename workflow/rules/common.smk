@@ -1,14 +1,17 @@
 # Shared helpers: config validation, code fingerprints, interpreter.
-import hashlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
+from snakemake.logging import logger
+from snakemake.resources import Resource
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from ssae_steps._config import ConfigError, schema_errors  # noqa: E402
+from ssae_steps._io import code_fingerprint  # noqa: E402
 from ssae_steps.activations import ActivationConfig  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
 from ssae_steps.debias import DebiasConfig  # noqa: E402
@@ -16,6 +19,7 @@ from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
 from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
 from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
+from ssae_steps import train_sae as train_sae_module  # noqa: E402
 from ssae_steps.train_sae import TrainingPlan  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -75,6 +79,17 @@ STRATEGIES = list(_retrieval.strategies)
 # Resolved retrieval config (names filled in; validate() filled the defaults) as the steps receive it.
 RETRIEVAL = {**config["retrieval"], "subdomain": SUBDOMAIN, "pool": POOL}
 
+# Local runs never oversubscribe: `--cores 8` on a 2-core machine would start four 2-thread
+# torch jobs at once, each running at a fraction of its speed. Cluster runs (--jobs sets
+# nodes) place jobs on other machines and are left alone.
+MACHINE_CORES = len(os.sched_getaffinity(0))
+if workflow.resource_settings.nodes is None and (workflow.resource_settings.cores or 0) > MACHINE_CORES:
+    logger.warning(
+        f"--cores {workflow.resource_settings.cores} exceeds this machine's {MACHINE_CORES} cores; "
+        f"using {MACHINE_CORES} so concurrent jobs' threads fit the real cores"
+    )
+    workflow.register_resource("_cores", Resource("_cores", MACHINE_CORES))
+
 # `device: auto` resolves where the job runs; a rule asks for a GPU only when one is wanted.
 DEVICE = config["device"]
 GPU_PER_JOB = 1 if DEVICE == "cuda" else 0
@@ -86,17 +101,13 @@ PY = "python" if any("conda" in str(m).lower() for m in _methods) else sys.execu
 ENV = "../../envs/ssae.yaml"
 # Steps import ssae_steps from this checkout even when it is not pip-installed.
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-STEPS = Path(workflow.basedir) / "ssae_steps"
 
 
 def code_version(*modules):
     """Fingerprint of the ssae_steps modules a rule runs (list every module it imports;
-    _io and _config always count). Snakemake's code trigger does
-    not see imported modules, so this goes into params and edits rerun the rule."""
-    digest = hashlib.sha1()
-    for module in ("_io", "_config", *modules):
-        digest.update((STEPS / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:12]
+    _io and _config always count). Snakemake's code trigger does not see imported
+    modules, so this goes into params and edits rerun the rule."""
+    return code_fingerprint(*modules)
 
 
 def as_json(obj):

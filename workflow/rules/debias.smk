@@ -40,8 +40,9 @@ rule cache_bios_activations:
     params:
         cfg=as_json(config["activations"]),
         hook_layer=config["model"]["hook_layer"],
+        seed=config["seed"],
         device=DEVICE,
-        code=code_version("activations", "model"),
+        code=code_version("activations", "model", "_cli"),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
@@ -54,7 +55,7 @@ rule cache_bios_activations:
     shell:
         "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
         "--hook-layer {params.hook_layer} --table {input.table} --split train "
-        "--manifest {output.manifest} --device {params.device} --threads {threads} > {log} 2>&1"
+        "--manifest {output.manifest} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule train_bios_ssae:
@@ -70,7 +71,7 @@ rule train_bios_ssae:
         seed=config["seed"],
         tilt=max(TRAINING_PLAN.ssae.tilts),
         device=DEVICE,
-        code=code_version("train_sae", "sae", "activation_reader", "_cli"),
+        code=code_version(*TRAIN_CODE),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,

@@ -4,11 +4,12 @@
 # Checkpoints sit next to the declared outputs, so a failed or killed job resumes from them.
 
 MAIN_K = TRAINING_PLAN.shared.sae.k
+TRAIN_CODE = train_sae_module.CODE
 # Each rule gets only the training keys it reads, so adding a tilt retrains only the
 # SSAEs with that tilt (the lists of inits and tilts become wildcards instead).
 SHARED_TRAINING = {k: v for k, v in config["training"].items() if k not in ("gsae", "ssae", "k_sweep")}
 GSAE_PARAMS = {**SHARED_TRAINING, "gsae": config["training"]["gsae"]}
-SSAE_PARAMS = {**SHARED_TRAINING, "ssae": {"epochs": config["training"]["ssae"]["epochs"]}}
+SSAE_PARAMS = {**SHARED_TRAINING, "ssae": {"tokens": config["training"]["ssae"]["tokens"]}}
 # The Pareto sweep's SSAEs: dense retrieval (the paper's best) with the first init and tilt.
 SWEEP_STRATEGY = "dense" if "dense" in STRATEGIES else STRATEGIES[0]
 
@@ -47,7 +48,7 @@ rule train_gsae:
         seed=config["seed"],
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
-        code=code_version("train_sae", "sae", "activation_reader", "_cli"),
+        code=code_version(*TRAIN_CODE),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
@@ -89,7 +90,7 @@ rule train_ssae:
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
         init_from=lambda wc, input: f"--init-from {Path(input.gsae).parent / 'sae'}" if "gsae" in input.keys() else "",
-        code=code_version("train_sae", "sae", "activation_reader", "_cli"),
+        code=code_version(*TRAIN_CODE),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
