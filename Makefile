@@ -3,7 +3,7 @@
 #   make test   - same install plus test tools, then ruff and the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
-CORES  ?= $(shell nproc)
+CORES  ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu)
 BIN     = $(VENV)/bin
 
 .PHONY: install run test lint clean

@@ -215,7 +215,7 @@ def write_activation_set(
         raise ValueError(f"{len(doc_ids)} doc_ids for {len(acts)} rows")
     if run_key is None:
         digest = hashlib.sha1(np.ascontiguousarray(acts, dtype=np.float32).tobytes())
-        digest.update("\0".join(doc_ids or []).encode())
+        digest.update("\0".join([] if doc_ids is None else list(doc_ids)).encode())
         run_key = digest.hexdigest()
     shard_dir = manifest.parent / "shards"
     shard_dir.mkdir(parents=True)

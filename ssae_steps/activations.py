@@ -51,7 +51,7 @@ SHARD_COMPRESSION = {"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "
 # Row groups are the reader's unit of random access: small enough that a shuffle buffer
 # mixes many of them from every shard, large enough to read efficiently.
 ROW_GROUP_ROWS = 4096
-CODE = ("activations", "model", "_cli")
+CODE = ("activations", "model", "corpus", "text_sources", "_cli")
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ActivationConfig:
     dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of the activation vectors."""
     shard_tokens: int = 65_536
-    """Rows (tokens) per shard; the reader holds a few shards in memory at a time."""
+    """Rows (tokens) per shard (written in row groups of 4,096 rows, the reader's unit)."""
     max_train_tokens: int | None = 400_000
     """Cap on tokens cached from a training set (whole windows of a seeded uniform sample
     of its documents)."""
@@ -269,11 +269,15 @@ def _forward_batch(
 
 def _complete_shards(shard_dir: Path, run_key: str, shard_tokens: int) -> int:
     """Number of leading full shards written by this same run; clears anything else."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     count = 0
     while (path := shard_dir / SHARD_PATTERN.format(count)).exists():
-        meta = pq.read_metadata(path)
+        try:
+            meta = pq.read_metadata(path)
+        except (pa.ArrowException, OSError):
+            break  # a damaged shard (the reader's error says to re-run this stage): re-cache from here
         key = (meta.schema.to_arrow_schema().metadata or {}).get(b"ssae.run_key", b"").decode()
         if key != run_key or meta.num_rows != shard_tokens:
             break
@@ -409,6 +413,7 @@ def cache_activations(
     for w in windows:
         window_tokens[w.doc] += len(w.ids)
     sampled = sorted(window_tokens)
+    sampled_labels = {c: [v[i] for i in sampled] for c, v in labels.items()}
     info = {
         "config": to_mapping(cfg),
         "seed": seed,
@@ -425,10 +430,17 @@ def cache_activations(
         "split_documents": len(doc_ids),
         "windows": len(windows),
         "tokens": total,
-        # Token shares of the cached set by source and label, beside the character shares
-        # of the whole split: a capped set should match them up to sampling noise.
-        "mix": corpus_mix({c: [v[i] for i in sampled] for c, v in labels.items()}, [window_tokens[i] for i in sampled]),
-        "split_mix": corpus_mix(labels, [len(t) for t in texts]),
+        # Shares by source and label. Documents are sampled uniformly, so the set's document
+        # shares match the whole split's up to sampling noise; tokens per document differ
+        # by source, so token shares are reported for the set and character shares for the split.
+        "mix": {
+            "documents": corpus_mix(sampled_labels, np.ones(len(sampled))),
+            "tokens": corpus_mix(sampled_labels, [window_tokens[i] for i in sampled]),
+        },
+        "split_mix": {
+            "documents": corpus_mix(labels, np.ones(len(doc_ids))),
+            "characters": corpus_mix(labels, [len(t) for t in texts]),
+        },
         "shards": shards,
         "run_key": run_key,
         "stats": stats.summary(),

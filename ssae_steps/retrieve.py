@@ -208,7 +208,7 @@ def select(
         )
     seed_tokens = count_tokens(tokenizer, seed_df["text"].tolist())
     pool_tokens = count_tokens(tokenizer, pool_df["text"].tolist())
-    with_seed = strategy == "seed" or (cfg.include_seed and strategy != "random")
+    with_seed = strategy in ("seed", "seed_random") or (cfg.include_seed and strategy != "random")
     available = int(pool_tokens.sum()) + (int(seed_tokens.sum()) if with_seed else 0)
     if cfg.token_budget > available:
         raise ConfigError(

@@ -207,8 +207,11 @@ def test_manifest_reports_mix_and_shards_mix_topics(tiny_model_dir: Path, small_
     table = _topic_corpus(small_corpora, tmp_path)
     cfg = _cfg(shard_tokens=400, max_train_tokens=2400)
     info = cache_activations(cfg, tiny_model_dir, LAYER, table, "all", tmp_path / "m.json", seed=3)
-    assert set(info["mix"]["topic"]) == set(info["split_mix"]["topic"]) == {"Physical sciences", "History", "Arts"}
-    assert set(info["mix"]["source"]) == {"jsonl:grouped.jsonl"}
+    topics = {"Physical sciences", "History", "Arts"}
+    assert set(info["mix"]["documents"]["topic"]) == set(info["split_mix"]["documents"]["topic"]) == topics
+    assert set(info["mix"]["tokens"]["source"]) == {"jsonl:grouped.jsonl"}
+    for shares in (info["mix"]["documents"]["topic"], info["split_mix"]["characters"]["topic"]):
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-4)
     docs = pd.read_parquet(table).set_index("doc_id")
     first = pq.read_table(tmp_path / "shards" / info["shards"][0]["file"]).to_pandas()
     assert set(docs.loc[first["doc_id"].unique(), "topic"]) == {"Physical sciences", "History", "Arts"}

@@ -181,31 +181,47 @@ def test_checkpoint_of_another_start_sae_is_not_resumed(tmp_path: Path) -> None:
 
 
 def test_training_code_edit_changes_the_trained_sae(tmp_path: Path) -> None:
-    """Rerunning after a behaviour-changing edit of the training module (here: Adam's beta1)
-    trains anew instead of returning the earlier weights."""
+    """After a behaviour-changing edit of the training module (here: Adam's beta1), neither
+    a finished run nor a killed one is reused: the finished run retrains, and the killed
+    run's checkpoint (keyed on the old code) is not resumed, so it ends like a fresh run of
+    the edited code."""
     acts, _ = planted(3000, 0.0)
     manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
     code = tmp_path / "code"
     shutil.copytree(Path(__file__).resolve().parents[1] / "ssae_steps", code / "ssae_steps")
     params = json.dumps({**SMALL, "ssae": {"tokens": 3000}})
-    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(code)}
 
-    def run() -> None:
-        cmd = [sys.executable, "-m", "ssae_steps.train_sae", "--params", params, "--role", "ssae", "--k", "3"]
-        cmd += ["--manifest", str(manifest), "--out-dir", str(out), "--threads", "1"]
-        env = {**os.environ, "PYTHONPATH": str(code)}
+    def run(out: Path, stop_after: int | None = None) -> None:
+        if stop_after is None:
+            cmd = [sys.executable, "-m", "ssae_steps.train_sae", "--params", params, "--role", "ssae", "--k", "3"]
+            cmd += ["--manifest", str(manifest), "--out-dir", str(out), "--threads", "1"]
+        else:  # killed after `stop_after` steps, leaving its checkpoint
+            script = (
+                "import json, sys; from ssae_steps.train_sae import TrainingPlan, train_sae; "
+                "cfg = TrainingPlan.from_dict(json.loads(sys.argv[1])).run_config('ssae', 'scratch', 0.0, 3, 0); "
+                f"train_sae(cfg, sys.argv[2], sys.argv[3], stop_after_steps={stop_after})"
+            )
+            cmd = [sys.executable, "-c", script, params, str(manifest), str(out)]
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
 
-    run()
+    run(tmp_path / "finished")
     before = tmp_path / "before"
-    shutil.copytree(out / "sae", before)
+    shutil.copytree(tmp_path / "finished" / "sae", before)
+    run(tmp_path / "killed", stop_after=3)
+    assert (tmp_path / "killed" / "checkpoint.pt").exists()
+
     module = code / "ssae_steps" / "train_sae.py"
     source = module.read_text()
     assert "betas=(0.9, 0.999)" in source
     module.write_text(source.replace("betas=(0.9, 0.999)", "betas=(0.5, 0.999)"))
-    run()
-    assert not _same_weights(before, out / "sae")
+    run(tmp_path / "finished")
+    assert not _same_weights(before, tmp_path / "finished" / "sae")
+    run(tmp_path / "killed")
+    run(tmp_path / "fresh")
+    assert _same_weights(tmp_path / "fresh" / "sae", tmp_path / "killed" / "sae")
+    assert _same_weights(tmp_path / "fresh" / "sae", tmp_path / "finished" / "sae")
 
 
 def test_token_budget_gives_equal_steps_for_small_and_large_sets(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -99,7 +98,8 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     gsae = json.loads((sae_dir / "general/k8/summary.json").read_text())
     assert gsae["config"]["init"] == "scratch" and gsae["config"]["sae"]["d_in"] == 64
     assert gsae["steps"] == general_train["tokens"] // 256  # one epoch of full batches
-    assert set(general_train["mix"]["source"]) <= set(general["source"]) and "topic" in general_train["split_mix"]
+    assert set(general_train["mix"]["documents"]["source"]) <= set(general["source"])
+    assert "topic" in general_train["split_mix"]["documents"]
     # Equal budgets: every strategy's SSAE trains the same steps on the same tokens, the
     # seed set (smaller than the budget) by repeating its tokens.
     ssae_runs = {s: json.loads((sae_dir / f"physics/{s}/finetune-t0-k8/summary.json").read_text()) for s in STRATS}
@@ -262,9 +262,27 @@ def test_config_change_reruns_only_dependent_stages(local_run: Path, key: str, v
     assert jobs == expected
 
 
+def test_local_model_replaced_in_place_reruns_everything(local_run: Path, tiny_model_dir: Path) -> None:
+    """A local model is keyed on its content: new weights under the same path rerun the
+    model stage and everything that reads the model (its path alone would not change)."""
+    weights = tiny_model_dir / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        changed = bytearray(original)
+        changed[-4] ^= 0xFF  # a bit of the last tensor's data
+        weights.write_bytes(bytes(changed))
+        jobs = planned_jobs(snakemake(local_run, "--configfile", str(local_run / "config.yaml"), "-n"))
+    finally:
+        weights.write_bytes(original)
+    assert jobs["prepare_model"] == 1
+    assert jobs["cache_corpus_activations"] == 3 and jobs["train_gsae"] == 2 and jobs["evaluate_sae"] == 2 + SSAES
+
+
 def test_cores_beyond_the_machine_are_clamped(local_run: Path) -> None:
     """`snakemake --cores 8` on a smaller machine must not run more threads than it has."""
-    cores = len(os.sched_getaffinity(0))
+    from snakemake.utils import available_cpu_count
+
+    cores = available_cpu_count()
     result = snakemake(local_run, "--configfile", str(local_run / "config.yaml"), "-n", "--cores", str(cores + 6))
     assert f"using {cores} so concurrent jobs' threads fit the real cores" in result.stdout + result.stderr
     result = snakemake(local_run, "--configfile", str(local_run / "config.yaml"), "-n", "--cores", str(cores))

@@ -26,7 +26,7 @@ rule cache_corpus_activations:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version("activations", "model", "_cli"),
+        code=code_version(*activations_module.CODE),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
@@ -57,7 +57,7 @@ rule cache_selected_activations:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version("activations", "model", "_cli"),
+        code=code_version(*activations_module.CODE),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,

@@ -1,17 +1,16 @@
 # Shared helpers: config validation, code fingerprints, interpreter.
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from snakemake.logging import logger
 from snakemake.resources import Resource
-from snakemake.utils import validate
+from snakemake.utils import available_cpu_count, validate
 
 sys.path.insert(0, workflow.basedir)
 from ssae_steps._config import ConfigError, schema_errors  # noqa: E402
-from ssae_steps._io import code_fingerprint  # noqa: E402
+from ssae_steps._io import code_fingerprint, tree_digest  # noqa: E402
 from ssae_steps.activations import ActivationConfig  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
 from ssae_steps.debias import DebiasConfig  # noqa: E402
@@ -19,6 +18,7 @@ from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
 from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
 from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
+from ssae_steps import activations as activations_module  # noqa: E402
 from ssae_steps import train_sae as train_sae_module  # noqa: E402
 from ssae_steps.train_sae import TrainingPlan  # noqa: E402
 
@@ -82,7 +82,7 @@ RETRIEVAL = {**config["retrieval"], "subdomain": SUBDOMAIN, "pool": POOL}
 # Local runs never oversubscribe: `--cores 8` on a 2-core machine would start four 2-thread
 # torch jobs at once, each running at a fraction of its speed. Cluster runs (--jobs sets
 # nodes) place jobs on other machines and are left alone.
-MACHINE_CORES = len(os.sched_getaffinity(0))
+MACHINE_CORES = available_cpu_count()
 if workflow.resource_settings.nodes is None and (workflow.resource_settings.cores or 0) > MACHINE_CORES:
     logger.warning(
         f"--cores {workflow.resource_settings.cores} exceeds this machine's {MACHINE_CORES} cores; "
@@ -108,6 +108,15 @@ def code_version(*modules):
     _io and _config always count). Snakemake's code trigger does not see imported
     modules, so this goes into params and edits rerun the rule."""
     return code_fingerprint(*modules)
+
+
+def content_digest(path):
+    """Content hash of a user-named input file or directory (a local model, a pretrained
+    SAE, a local data file) for params: replacing it in place reruns its consumers, which
+    a path in params or a directory's mtime would miss. Empty where nothing is there yet
+    (the stage itself reports the missing path)."""
+    path = Path(str(path)).expanduser()
+    return tree_digest(path) if path.exists() else ""
 
 
 def as_json(obj):

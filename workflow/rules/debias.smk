@@ -21,6 +21,7 @@ rule build_bios:
         "results/debias/bios.parquet",
     params:
         cfg=as_json(DEBIAS["data"]),
+        content=content_digest(DEBIAS["data"]["path"]) if DEBIAS["data"].get("path") else "",
         seed=config["seed"],
         code=code_version("bios", "corpus", "text_sources"),
     conda:
@@ -42,7 +43,7 @@ rule cache_bios_activations:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version("activations", "model", "_cli"),
+        code=code_version(*activations_module.CODE),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,

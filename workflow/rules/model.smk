@@ -4,6 +4,7 @@ rule prepare_model:
         manifest="results/model/model.json",
     params:
         cfg=as_json(config["model"]),
+        content=content_digest(config["model"]["name"]) if config["model"]["source"] == "local" else "",
         code=code_version("model"),
     conda:
         ENV

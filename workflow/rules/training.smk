@@ -45,6 +45,7 @@ rule train_gsae:
         k=r"\d+",
     params:
         cfg=as_json(GSAE_PARAMS),
+        pretrained=content_digest(TRAINING_PLAN.gsae.pretrained) if TRAINING_PLAN.gsae.pretrained else "",
         seed=config["seed"],
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
