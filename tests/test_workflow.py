@@ -44,10 +44,10 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["compare_selection"] == 1
     assert counts["cache_corpus_activations"] == 3  # pool train + pool held-out + subdomain held-out
     assert counts["cache_selected_activations"] == 4
-    assert counts["train_gsae"] == 3  # k=32, and the k_sweep's 16 and 64
-    assert counts["train_ssae"] == 4 * 2 * 2 + 2  # strategy x init x tilt, + dense at k=16, 64
+    assert counts["train_gsae"] == 1  # k=32 (no k_sweep by default)
+    assert counts["train_ssae"] == 4  # one per strategy: finetuned, t=0 (the paper's recipe)
     assert counts["training_report"] == 1
-    assert counts["evaluate_sae"] == 3 + 18  # every SAE
+    assert counts["evaluate_sae"] == 1 + 4  # every SAE
     for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents"):
         assert counts[rule] == 1, rule
     for rule in ("build_bios", "cache_bios_activations", "train_bios_ssae", "debias"):
