@@ -1,4 +1,5 @@
-"""Sparse autoencoders: TopK (default), JumpReLU and ReLU+L1 behind one interface.
+"""Sparse autoencoders: TopK (default), BatchTopK, Matryoshka (BatchTopK), JumpReLU and
+ReLU+L1 behind one interface.
 
 ``encode(x) -> z`` (dense latent activations), ``decode(z) -> x_hat``, ``forward(x) ->
 (x_hat, z)``; ``x`` and ``x_hat`` are raw model activations. Input normalisation is
@@ -10,9 +11,22 @@ TopK decodes sparsely: only the k active latents' decoder rows are gathered
 (``F.embedding_bag``), so decoding and its backward cost O(batch * k * d_in), not
 O(batch * d_sae * d_in).
 
+BatchTopK (Bussmann et al. 2024) keeps the ``k * batch`` largest pre-activations of the
+whole batch while training (mean L0 exactly k, varying per token) and, at inference, is a
+JumpReLU with one threshold shared by all latents, estimated during training. Matryoshka
+(Bussmann et al. 2025; Nabeshima 2024) is BatchTopK trained so that every prefix
+``[:m]`` of ``matryoshka_prefixes`` reconstructs on its own. Both train through
+:class:`BatchTopKEncode` (sparse backward, like TopK) and :meth:`prefix_reconstructions`
+(sparse decode); ``encode`` always applies the inference rule
+``relu(pre) * (pre > threshold)``. Both are saved as SAELens ``jumprelu`` SAEs with that
+threshold for every latent, which is how SAELens saves its BatchTopK and Matryoshka
+BatchTopK training SAEs for inference (sae_lens 6.54 ``saes/batchtopk_sae.py``,
+``BatchTopKTrainingSAEConfig.get_inference_config_class -> JumpReLUSAEConfig`` and
+``process_state_dict_for_saving_inference``: ``threshold = ones_like(b_enc) * topk_threshold``).
+
 Files: ``save_sae`` writes SAELens' layout - ``cfg.json`` + ``sae_weights.safetensors``
 (``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``, ``threshold`` for
-JumpReLU) - with the input scale folded into the weights so the file takes raw
+JumpReLU, BatchTopK and Matryoshka) - with the input scale folded into the weights so the file takes raw
 activations (``normalize_activations: "none"``); ``ssae_input_scale`` in ``cfg.json`` lets
 ``load_sae`` unfold it exactly, restoring unit-norm decoder rows for finetuning.
 """
@@ -21,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +46,16 @@ from torch import nn
 from ssae_steps._config import ConfigError, from_mapping, require_at_least, to_mapping
 from ssae_steps._io import atomic_path
 
-Architecture = Literal["topk", "jumprelu", "relu"]
-SAELENS_ARCHITECTURE = {"topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}
+Architecture = Literal["topk", "batchtopk", "matryoshka", "jumprelu", "relu"]
+SAELENS_ARCHITECTURE = {
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+    "jumprelu": "jumprelu",
+    "relu": "standard",
+}
+BATCH_TOPK = ("batchtopk", "matryoshka")
+"""Architectures trained with BatchTopK and run as a JumpReLU with one shared threshold."""
 
 
 @dataclass
@@ -41,13 +63,15 @@ class SAEConfig:
     """Shape and sparsity mechanism of one SAE."""
 
     architecture: Architecture = "topk"
-    """topk: exactly k active latents; jumprelu: learned thresholds; relu: L1 penalty."""
+    """topk: exactly k active latents; batchtopk: k active latents per token on average over
+    a training batch, one learned threshold at inference; matryoshka: batchtopk whose nested
+    prefixes each reconstruct; jumprelu: learned thresholds; relu: L1 penalty."""
     d_in: int = 640
     """Width of the hooked activations (the model's d_model)."""
     d_sae: int = 8192
     """Number of latents."""
     k: int = 32
-    """TopK: active latents per token."""
+    """TopK: active latents per token; BatchTopK/Matryoshka: their mean over a training batch."""
     l1_coefficient: float = 5.0
     """ReLU: weight of the decoder-norm-weighted L1 penalty."""
     l0_coefficient: float = 1.0
@@ -56,11 +80,40 @@ class SAEConfig:
     """JumpReLU: width of the rectangle kernel of the straight-through estimator."""
     jumprelu_init_threshold: float = 0.001
     """JumpReLU: initial threshold of every latent."""
+    batchtopk_threshold_beta: float = 0.9
+    """BatchTopK/Matryoshka: decay of the running estimate of the inference threshold (the
+    smallest activation BatchTopK kept in a batch); the first batch sets it."""
+    matryoshka_prefixes: list[int] = field(default_factory=list)
+    """Matryoshka: increasing latent counts, the last equal to d_sae; each prefix
+    ``[:m]`` (+ b_dec) is trained to reconstruct on its own. Empty: d_sae/16, d_sae/4, d_sae."""
 
     def validate(self, where: str) -> None:
         require_at_least(where, 1, d_in=self.d_in, d_sae=self.d_sae, k=self.k)
         if self.k > self.d_sae:
             raise ConfigError(f"{where}.k: {self.k} exceeds d_sae={self.d_sae}")
+        beta = self.batchtopk_threshold_beta
+        if not 0 <= beta < 1:
+            raise ConfigError(f"{where}.batchtopk_threshold_beta: must be in [0, 1), got {beta}")
+        prefixes = self.matryoshka_prefixes
+        if prefixes and self.architecture != "matryoshka":
+            raise ConfigError(
+                f"{where}.matryoshka_prefixes: only used by architecture 'matryoshka' (this is {self.architecture!r})"
+            )
+        if prefixes and (prefixes[0] < 1 or any(b <= a for a, b in zip(prefixes, prefixes[1:], strict=False))):
+            raise ConfigError(f"{where}.matryoshka_prefixes: must be positive and strictly increasing, got {prefixes}")
+        if prefixes and prefixes[-1] != self.d_sae:
+            raise ConfigError(
+                f"{where}.matryoshka_prefixes: the last prefix must be d_sae={self.d_sae} (all latents), got {prefixes}"
+            )
+
+    def prefixes(self) -> list[int]:
+        """Latent counts whose prefixes are trained to reconstruct: ``matryoshka_prefixes``
+        (default d_sae/16, d_sae/4, d_sae) for Matryoshka, ``[d_sae]`` otherwise."""
+        if self.architecture != "matryoshka":
+            return [self.d_sae]
+        if self.matryoshka_prefixes:
+            return list(self.matryoshka_prefixes)
+        return sorted({m for m in (self.d_sae // 16, self.d_sae // 4, self.d_sae) if m >= 1})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "sae") -> SAEConfig:
@@ -85,6 +138,16 @@ class JumpStep(torch.autograd.Function):
         return None, (-kernel * grad).sum(0), None
 
 
+def _dead_topk(pre: torch.Tensor, dead: torch.Tensor | None, k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AuxK selection: the ``k_aux`` largest pre-activations (ReLU'd) among ``dead`` latents,
+    per token; empty when ``dead`` is None. Overwrites ``pre``."""
+    if dead is None:
+        empty = torch.empty(len(pre), 0, dtype=pre.dtype, device=pre.device)
+        return empty, empty.long()
+    values, indices = torch.topk(pre.masked_fill_(~dead, float("-inf")), k_aux, dim=-1, sorted=False)
+    return F.relu(values), indices
+
+
 class TopKEncode(torch.autograd.Function):
     """TopK encoder with a sparse backward: ``(values, indices)`` of the k largest
     pre-activations ``x_in @ W_enc + b_enc`` (ReLU'd), and optionally the ``k_aux`` largest
@@ -105,12 +168,7 @@ class TopKEncode(torch.autograd.Function):
         pre = torch.addmm(b_enc, x_in, w_enc)
         values, indices = torch.topk(pre, k, dim=-1, sorted=False)
         values = F.relu(values)
-        if dead is None:
-            aux_values = aux_indices = torch.empty(len(x_in), 0, dtype=x_in.dtype, device=x_in.device)
-            aux_indices = aux_indices.long()
-        else:
-            aux_values, aux_indices = torch.topk(pre.masked_fill_(~dead, float("-inf")), k_aux, dim=-1, sorted=False)
-            aux_values = F.relu(aux_values)
+        aux_values, aux_indices = _dead_topk(pre, dead, k_aux)
         ctx.save_for_backward(x_in, w_enc, values, indices, aux_values, aux_indices)
         ctx.mark_non_differentiable(indices, aux_indices)
         return values, indices, aux_values, aux_indices
@@ -142,6 +200,71 @@ class TopKEncode(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
+class BatchTopKEncode(torch.autograd.Function):
+    """BatchTopK encoder with a sparse backward (Bussmann et al. 2024, "BatchTopK Sparse
+    Autoencoders"): the ``k * batch`` largest pre-activations ``x_in @ W_enc + b_enc`` of
+    the whole batch, ReLU'd, as ``(values, rows, latents)``, flat and sorted by (row,
+    latent); plus, for AuxK, the ``k_aux`` largest among ``dead`` latents per token.
+
+    The selection is one ``torch.topk`` over the flattened dense ``[batch, d_sae]``
+    pre-activations, as in SAELens' ``BatchTopK`` and dictionary_learning's
+    ``BatchTopKSAE.encode(use_threshold=False)`` (dense, like every encoder's forward here:
+    at batch 1024 x d_sae 8192 it is 8M floats). Only the selected entries carry gradient,
+    so the backward is sparse, as in :class:`TopKEncode`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x_in: torch.Tensor,
+        w_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        k: int,
+        dead: torch.Tensor | None,
+        k_aux: int,
+    ) -> tuple[torch.Tensor, ...]:
+        pre = torch.addmm(b_enc, x_in, w_enc)
+        d_sae = pre.shape[1]
+        values, flat = torch.topk(pre.reshape(-1), k * len(x_in), sorted=False)
+        flat, order = flat.sort()
+        values = F.relu(values[order])
+        rows, latents = flat // d_sae, flat % d_sae
+        aux_values, aux_indices = _dead_topk(pre, dead, k_aux)
+        ctx.save_for_backward(x_in, w_enc, values, rows, latents, aux_values, aux_indices)
+        ctx.mark_non_differentiable(rows, latents, aux_indices)
+        return values, rows, latents, aux_values, aux_indices
+
+    @staticmethod
+    def backward(ctx: Any, grad_values: torch.Tensor, _gr: Any, _gl: Any, grad_aux: torch.Tensor, _ga: Any) -> tuple:
+        x_in, w_enc, values, rows, latents, aux_values, aux_indices = ctx.saved_tensors
+        batch = len(x_in)
+        grad = grad_values * (values > 0)
+        use_aux = aux_indices.shape[1] > 0 and grad_aux is not None
+        all_rows, all_latents, all_grad = rows, latents, grad
+        if use_aux:
+            aux_grad = grad_aux * (aux_values > 0)
+            aux_rows = torch.arange(batch, device=x_in.device).repeat_interleave(aux_indices.shape[1])
+            all_rows = torch.cat([rows, aux_rows])
+            all_latents = torch.cat([latents, aux_indices.reshape(-1)])
+            all_grad = torch.cat([grad, aux_grad.reshape(-1)])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            w_rows = w_enc.t().contiguous()
+            counts = torch.bincount(rows, minlength=batch)
+            offsets = counts.cumsum(0) - counts
+            grad_x = F.embedding_bag(latents, w_rows, offsets, per_sample_weights=grad, mode="sum")
+            if use_aux:
+                grad_x = grad_x + F.embedding_bag(aux_indices, w_rows, per_sample_weights=aux_grad, mode="sum")
+        if ctx.needs_input_grad[1]:
+            sparse = torch.sparse_coo_tensor(
+                torch.stack([all_latents, all_rows]), all_grad, (w_enc.shape[1], batch), check_invariants=False
+            )
+            grad_w = torch.sparse.mm(sparse, x_in).t()
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, all_latents, all_grad)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 class SparseAutoencoder(nn.Module):
     def __init__(self, cfg: SAEConfig, input_scale: float = 1.0, seed: int = 0) -> None:
         super().__init__()
@@ -155,6 +278,10 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.architecture == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+        if cfg.architecture in BATCH_TOPK:
+            # The inference threshold (one for all latents, in pre-activation units); 0 means
+            # "not estimated yet" (then inference is plain ReLU), as dictionary_learning's -1.
+            self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("input_scale", torch.tensor(float(input_scale)))
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,6 +302,56 @@ class SparseAutoencoder(nn.Module):
         x_in = x * self.input_scale - self.b_dec
         return TopKEncode.apply(x_in, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux)
 
+    def batchtopk_train(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, k_aux: int = 0
+    ) -> tuple[torch.Tensor, ...]:
+        """BatchTopK/Matryoshka training selection (:class:`BatchTopKEncode`): ``(values,
+        rows, latents, aux_values, aux_indices)``, ``k * len(x)`` entries sorted by row."""
+        x_in = x * self.input_scale - self.b_dec
+        return BatchTopKEncode.apply(x_in, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux)
+
+    def prefix_reconstructions(
+        self, values: torch.Tensor, rows: torch.Tensor, latents: torch.Tensor, batch: int
+    ) -> torch.Tensor:
+        """``[batch, len(prefixes), d_in]``: for each prefix m of ``cfg.prefixes()``, the
+        reconstruction ``b_dec + sum of the active latents < m`` (normalised units), from
+        the flat active entries of :meth:`batchtopk_train` (sorted by row, then latent).
+        Sparse: each prefix group's rows are gathered once (``embedding_bag`` over
+        (token, group) bags) and the groups are summed cumulatively, as the nested decode
+        of SAELens' ``MatryoshkaBatchTopKTrainingSAE._iterable_decode``."""
+        prefixes = self.cfg.prefixes()
+        n = len(prefixes)
+        bags = rows
+        if n > 1:
+            bounds = torch.tensor(prefixes[:-1], device=latents.device)
+            bags = rows * n + torch.bucketize(latents, bounds, right=True)
+        counts = torch.bincount(bags, minlength=batch * n)
+        offsets = counts.cumsum(0) - counts
+        parts = F.embedding_bag(latents, self.W_dec, offsets, per_sample_weights=values, mode="sum")
+        return parts.view(batch, n, -1).cumsum(1) + self.b_dec
+
+    @torch.no_grad()
+    def update_threshold(self, values: torch.Tensor) -> None:
+        """BatchTopK/Matryoshka: fold one training batch's smallest kept activation into the
+        inference threshold: ``t <- beta t + (1 - beta) min``, the first batch setting it.
+        This is dictionary_learning's ``BatchTopKTrainer.update_threshold`` (threshold
+        starting at -1, set by the first batch, then an EMA with ``threshold_beta``), except
+        for the constants: it uses beta 0.999 from step 1000 on (SAELens: an EMA from 0 with
+        rate ``topk_threshold_lr`` 0.01), and SSAE runs here are ~200 steps. The threshold
+        drifts down while the encoder trains, and a slow average lags behind it: on planted
+        data, after 160 steps, beta 0.99 left the held-out L0 ~20% below k while 0.9 matched
+        it. One batch's minimum over its k * batch kept values is already a precise quantile,
+        so little averaging is needed; hence the default 0.9, from the first step."""
+        active = values[values > 0]
+        if not len(active):
+            return
+        smallest = active.min().to(self.threshold.dtype)
+        if self.threshold <= 0:
+            self.threshold.copy_(smallest)
+        else:
+            beta = self.cfg.batchtopk_threshold_beta
+            self.threshold.mul_(beta).add_((1 - beta) * smallest)
+
     def jump_step(self, pre: torch.Tensor) -> torch.Tensor:
         """JumpReLU only: 1 where a pre-activation clears its threshold (straight-through)."""
         return JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
@@ -186,6 +363,10 @@ class SparseAutoencoder(nn.Module):
             return torch.zeros_like(pre).scatter_(-1, indices, values)
         if self.cfg.architecture == "jumprelu":
             return pre * self.jump_step(pre)
+        if self.cfg.architecture in BATCH_TOPK:
+            # Inference rule, SAELens' JumpReLUSAE.encode with one shared threshold (training
+            # selects with batchtopk_train instead).
+            return F.relu(pre) * (pre > self.threshold)
         return F.relu(pre)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -225,6 +406,8 @@ def _folded_weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
     }
     if sae.cfg.architecture == "jumprelu":
         weights["threshold"] = sae.log_threshold.detach().exp()
+    if sae.cfg.architecture in BATCH_TOPK:  # the shared threshold, once per latent
+        weights["threshold"] = sae.threshold.detach().expand(sae.cfg.d_sae)
     return {k: v.contiguous().float() for k, v in weights.items()}
 
 
@@ -280,4 +463,9 @@ def load_sae(directory: str | Path) -> SparseAutoencoder:
         sae.b_dec.copy_(weights["b_dec"] * scale)
         if cfg.architecture == "jumprelu":
             sae.log_threshold.copy_(weights["threshold"].clamp_min(1e-12).log())
+        if cfg.architecture in BATCH_TOPK:
+            threshold = weights["threshold"]
+            if not torch.equal(threshold, threshold[:1].expand_as(threshold)):
+                raise ConfigError(f"file {directory}: a {cfg.architecture} SAE needs one threshold for all latents")
+            sae.threshold.copy_(threshold[0])
     return sae

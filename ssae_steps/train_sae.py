@@ -3,8 +3,9 @@ specialised SAE from scratch or by finetuning the general one, with Tilted ERM.
 
 Objective per batch: ``tilted_loss(l_i, tilt)`` over per-token reconstruction losses
 ``l_i = ||x_i - x_hat_i||^2 / d_in`` (in normalised units) - ``tilt = 0`` is plain ERM -
-plus the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK, the
-AuxK loss that teaches dead latents to model the residual (Gao et al. 2024).
+plus the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK,
+BatchTopK and Matryoshka, the AuxK loss that teaches dead latents to model the residual
+(Gao et al. 2024). Matryoshka's ``l_i`` averages its prefixes' losses (see ``_step_losses``).
 
 Run length is ``epochs`` passes over the set, or a fixed number of ``tokens`` (SSAEs: the
 same steps and tokens for every selection strategy; a set smaller than that, such as the
@@ -48,7 +49,7 @@ from ssae_steps._config import (
 )
 from ssae_steps._io import atomic_path, code_fingerprint, tree_digest, write_json
 from ssae_steps.activation_reader import ActivationShardReader
-from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
+from ssae_steps.sae import BATCH_TOPK, SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
 
 log = logging.getLogger("ssae.train_sae")
 LOG_FIELDS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_fraction", "aux_loss"]
@@ -167,23 +168,45 @@ def input_scale_from(manifest: dict[str, Any]) -> float:
 def _step_losses(
     sae: SparseAutoencoder, x: torch.Tensor, cfg: TrainConfig, tokens_since_fired: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Loss of one batch, its logged statistics and the latents that fired.
+
+    Per-token reconstruction loss ``l_i = ||x_i - x_hat_i||^2 / d_in`` (normalised units),
+    tilted by ``cfg.tilt`` (the sparsity and AuxK terms are not tilted). Matryoshka: ``l_i``
+    is the mean over the prefixes m of the loss of the reconstruction from latents ``[:m]``
+    (+ b_dec) - dictionary_learning's ``MatryoshkaBatchTopKTrainer`` with its default equal
+    group weights (SAELens sums the levels instead); the mean keeps the loss and the tilt
+    on the scale of a single dictionary - and the tilt applies to that per-token mean (= the
+    per-token sum over prefixes / their number). Logged mse/fvu are those of the full
+    reconstruction for every architecture. BatchTopK and Matryoshka also fold the batch into
+    the inference threshold here (:meth:`SparseAutoencoder.update_threshold`)."""
     xn = x * sae.input_scale
     aux = torch.zeros((), device=x.device)
-    if cfg.sae.architecture == "topk":
+    per_token = None
+    arch = cfg.sae.architecture
+    if arch in ("topk", *BATCH_TOPK):
         dead = tokens_since_fired >= cfg.dead_after_tokens
         n_dead = int(dead.sum())
-        values, indices, aux_vals, aux_idx = sae.topk_train(x, dead if n_dead else None, min(cfg.aux_k, n_dead))
-        recon = sae.decode_sparse(values, indices) * sae.input_scale
+        if arch == "topk":
+            values, indices, aux_vals, aux_idx = sae.topk_train(x, dead if n_dead else None, min(cfg.aux_k, n_dead))
+            recon = sae.decode_sparse(values, indices) * sae.input_scale
+        else:
+            values, rows, indices, aux_vals, aux_idx = sae.batchtopk_train(
+                x, dead if n_dead else None, min(cfg.aux_k, n_dead)
+            )
+            recons = sae.prefix_reconstructions(values, rows, indices, len(x))  # [batch, prefixes, d_in]
+            recon = recons[:, -1]
+            per_token = (recons - xn.unsqueeze(1)).square().sum(-1).mean(1) / cfg.sae.d_in
+            sae.update_threshold(values)
         fired = torch.zeros(cfg.sae.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[values > 0]] = True
-        l0 = float((values > 0).sum(-1).float().mean())
+        l0 = float((values > 0).sum()) / len(x)
         sparsity = torch.zeros((), device=x.device)
         if n_dead:
             residual = (xn - recon).detach()
             aux_recon = torch.nn.functional.embedding_bag(aux_idx, sae.W_dec, per_sample_weights=aux_vals, mode="sum")
             denom = (residual - residual.mean(0)).square().sum(-1).mean().clamp_min(1e-8)
             aux = (aux_recon - residual).square().sum(-1).mean() / denom
-    elif cfg.sae.architecture == "jumprelu":
+    elif arch == "jumprelu":
         pre = sae.pre_activations(x)
         step = sae.jump_step(pre)  # once: for the latents and for the L0 penalty
         z = pre * step
@@ -191,15 +214,17 @@ def _step_losses(
     else:
         z = torch.relu(sae.pre_activations(x))
         sparsity = cfg.sae.l1_coefficient * (z * sae.W_dec.norm(dim=1)).sum(-1).mean()
-    if cfg.sae.architecture != "topk":
+    if arch in ("jumprelu", "relu"):
         recon = z @ sae.W_dec + sae.b_dec
         fired = (z > 0).any(0)
         l0 = float((z > 0).sum(-1).float().mean())
-    per_token = (recon - xn).square().sum(-1) / cfg.sae.d_in
+    full = (recon - xn).square().sum(-1) / cfg.sae.d_in
+    if per_token is None:
+        per_token = full
     recon_loss = tilted_loss(per_token, cfg.tilt)
     loss = recon_loss + sparsity + cfg.aux_coefficient * aux
     with torch.no_grad():
-        mse = float(per_token.mean())
+        mse = float(full.mean())
         variance = float((xn - xn.mean(0)).square().sum(-1).mean()) / cfg.sae.d_in
     stats = {
         "loss": float(loss.detach()),

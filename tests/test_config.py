@@ -97,6 +97,30 @@ def test_training_plan_errors_name_the_key() -> None:
         TrainingPlan.from_dict({"sae": {"width": 8}})
 
 
+def test_matryoshka_training_plan() -> None:
+    """training.sae.architecture: matryoshka validates in the schema and the dataclasses, and
+    reaches every run's config; bad prefixes are a ConfigError naming the key."""
+    sae = {"architecture": "matryoshka", "d_sae": 64, "k": 4, "matryoshka_prefixes": [8, 32, 64]}
+    config = {"corpora": {"g": {"sources": [{"kind": "python_docs"}]}}, "training": {"sae": sae}}
+    assert schema_errors(config, SCHEMA_PATH) == []
+    plan = TrainingPlan.from_dict({"sae": sae, "k_sweep": [8]})
+    run = plan.run_config("ssae", "finetune", 2.0, k=8, seed=0)
+    assert (run.sae.architecture, run.sae.k, run.sae.prefixes()) == ("matryoshka", 8, [8, 32, 64])
+    assert TrainingPlan.from_dict({"sae": {"architecture": "matryoshka"}}).shared.sae.prefixes() == [512, 2048, 8192]
+    with pytest.raises(
+        ConfigError, match=r"training.sae.matryoshka_prefixes: must be positive and strictly increasing"
+    ):
+        TrainingPlan.from_dict({"sae": {**sae, "matryoshka_prefixes": [32, 8, 64]}})
+    with pytest.raises(ConfigError, match=r"training.sae.matryoshka_prefixes: the last prefix must be d_sae=64"):
+        TrainingPlan.from_dict({"sae": {**sae, "matryoshka_prefixes": [8, 32]}})
+    bad = {**config, "training": {"sae": {**sae, "matryoshka_prefixes": [0, 64]}}}
+    assert any("training.sae.matryoshka_prefixes[0]" in p for p in schema_errors(bad, SCHEMA_PATH))
+    assert any(
+        "training.sae.architecture" in p
+        for p in schema_errors({**config, "training": {"sae": {"architecture": "gated"}}}, SCHEMA_PATH)
+    )
+
+
 def test_default_config_is_valid() -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert schema_errors(config, SCHEMA_PATH) == []

@@ -19,11 +19,20 @@ def _randomised(architecture: str) -> SparseAutoencoder:
         sae.b_dec.normal_(generator=torch.Generator().manual_seed(3))
         if architecture == "jumprelu":
             sae.log_threshold.fill_(-1.0)
+        if architecture in ("batchtopk", "matryoshka"):
+            sae.threshold.fill_(0.6)  # as if estimated while training
     return sae
 
 
 @pytest.mark.parametrize(
-    ("architecture", "saelens_class"), [("topk", "TopKSAE"), ("jumprelu", "JumpReLUSAE"), ("relu", "StandardSAE")]
+    ("architecture", "saelens_class"),
+    [
+        ("topk", "TopKSAE"),
+        ("batchtopk", "JumpReLUSAE"),  # as SAELens saves its own BatchTopK SAEs for inference
+        ("matryoshka", "JumpReLUSAE"),
+        ("jumprelu", "JumpReLUSAE"),
+        ("relu", "StandardSAE"),
+    ],
 )
 def test_saelens_loads_our_files_and_computes_the_same(architecture: str, saelens_class: str, tmp_path: Path) -> None:
     ours = _randomised(architecture)
@@ -33,7 +42,11 @@ def test_saelens_loads_our_files_and_computes_the_same(architecture: str, saelen
     x = 5 * torch.randn(32, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         x_hat, z = ours(x)
+        assert (z > 0).any()
+        if architecture in ("batchtopk", "matryoshka"):  # the threshold silences some positive latents
+            assert int((z > 0).sum()) < int((ours.pre_activations(x) > 0).sum())
         torch.testing.assert_close(theirs.encode(x), z, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(theirs.decode(z), ours.decode(z), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(theirs(x), x_hat, atol=1e-4, rtol=1e-4)
 
 

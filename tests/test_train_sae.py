@@ -8,16 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from ssae_steps._config import ConfigError
 from ssae_steps.activation_reader import write_activation_set
-from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
+from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
 from ssae_steps.train_sae import TrainConfig, TrainingPlan, import_pretrained, train_sae
 
 
@@ -33,11 +35,14 @@ def planted(n: int, rare_fraction: float, seed: int = 0) -> tuple[np.ndarray, np
     return x.numpy(), rare.numpy()
 
 
-def test_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "jumprelu", "relu"])
+def test_resume_gives_the_uninterrupted_result(arch: str, tmp_path: Path) -> None:
+    """Weights, optimiser, firing counters and (BatchTopK, Matryoshka) the inference
+    threshold's running estimate all come back from the checkpoint."""
     acts, _ = planted(6000, 0.0)
     manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
     cfg = {
-        "sae": {"d_sae": 64, "k": 4},
+        "sae": {"architecture": arch, "d_sae": 64, "k": 4},
         "batch_size": 500,
         "epochs": 2,
         "checkpoint_every": 5,
@@ -51,8 +56,13 @@ def test_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     resumed = train_sae(TrainConfig.from_dict(cfg), manifest, tmp_path / "cut")
     assert resumed["steps"] == whole["steps"] == 24
     a, b = load_sae(tmp_path / "whole" / "sae"), load_sae(tmp_path / "cut" / "sae")
+    assert a.cfg.architecture == arch
     for name, tensor in a.state_dict().items():
         torch.testing.assert_close(tensor, b.state_dict()[name], rtol=1e-5, atol=1e-6)
+    files = [load_file(str(tmp_path / run / "sae" / "sae_weights.safetensors")) for run in ("whole", "cut")]
+    assert files[0].keys() == files[1].keys()  # threshold included where there is one
+    for name, tensor in files[0].items():
+        torch.testing.assert_close(tensor, files[1][name], rtol=1e-5, atol=1e-6)
     assert (tmp_path / "whole" / "train_log.csv").read_text() == (tmp_path / "cut" / "train_log.csv").read_text()
 
 
@@ -100,6 +110,104 @@ def test_other_architectures_train(arch: str, tmp_path: Path) -> None:
     log = (tmp_path / "out" / "train_log.csv").read_text().splitlines()
     first_fvu = float(log[1].split(",")[4])
     assert summary["final"]["fvu"] < first_fvu and summary["final"]["fvu"] < 0.5
+
+
+def frequent_and_rare(n: int, seed: int) -> np.ndarray:
+    """Tokens summing unit atoms that appear independently: 4 frequent ones (probability
+    0.5, large coefficients: most of the variance), 12 less frequent and 16 rare ones
+    (about 4 atoms per token in all)."""
+    gen = torch.Generator().manual_seed(seed)
+    atoms = F.normalize(torch.randn(32, 24, generator=torch.Generator().manual_seed(99)), dim=1)
+    p = torch.tensor([0.5] * 4 + [0.1] * 12 + [0.03] * 16)
+    scale = torch.tensor([2.0] * 4 + [1.0] * 28)
+    coef = (torch.rand(n, 32, generator=gen) + 1) * scale * (torch.rand(n, 32, generator=gen) < p)
+    return (coef @ atoms).numpy()
+
+
+@pytest.fixture(scope="module")
+def batchtopk_saes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A BatchTopK and a Matryoshka SAE (k 4, 64 latents; prefixes 4, 16, 64) trained by
+    ``train_sae`` on the same frequent-and-rare tokens."""
+    tmp = tmp_path_factory.mktemp("batchtopk")
+    manifest = write_activation_set(frequent_and_rare(20000, seed=0), tmp / "acts" / "manifest.json")
+    out = {}
+    for arch in ("batchtopk", "matryoshka"):
+        cfg = TrainConfig.from_dict(
+            {
+                "sae": {"architecture": arch, "d_sae": 64, "k": 4},
+                "batch_size": 500,
+                "epochs": 4,
+                "lr": 3e-3,
+                "dead_after_tokens": 5000,
+                "aux_k": 16,
+            }
+        )
+        summary = train_sae(cfg, manifest, tmp / arch)
+        assert summary["final"]["l0"] == 4.0  # the training batch's mean L0 is exactly k
+        out[arch] = tmp / arch / "sae"
+    return out
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batchtopk_threshold_reproduces_k_on_held_out_tokens(arch: str, batchtopk_saes: dict[str, Path]) -> None:
+    """At inference the single learned threshold (saved, reloaded) gives a mean L0 within
+    15% of k on held-out tokens of the training distribution, measured the way the
+    evaluation stage measures it."""
+    from ssae_steps.evaluate import reconstruction_metrics
+
+    sae = load_sae(batchtopk_saes[arch])
+    held_out = frequent_and_rare(5000, seed=1)
+    metrics, _, _ = reconstruction_metrics(sae, held_out, np.zeros(len(held_out), dtype=bool), dense_threshold=0.5)
+    assert float(sae.threshold) > 0
+    assert metrics["l0"] == pytest.approx(4, rel=0.15), metrics
+    assert metrics["fvu"] < 0.5, metrics
+
+
+def _prefix_fvus(sae: SparseAutoencoder, x: torch.Tensor) -> list[float]:
+    """Held-out FVU of the reconstruction from latents [:m] only (+ b_dec), per prefix m."""
+    with torch.no_grad():
+        z = sae.encode(x)
+        out = []
+        for m in sae.cfg.prefixes():
+            x_hat = sae.decode(torch.cat([z[:, :m], torch.zeros_like(z[:, m:])], 1))
+            out.append(float((x - x_hat).square().sum() / (x - x.mean(0)).square().sum()))
+    return out
+
+
+def test_each_matryoshka_prefix_reconstructs_on_its_own(batchtopk_saes: dict[str, Path]) -> None:
+    """The first 4 latents of the Matryoshka SAE stand in for the 4 frequent atoms (most of
+    the variance) and every larger prefix explains more; the BatchTopK SAE trained alike
+    has no such order, so its first 4 latents explain little."""
+    x = torch.from_numpy(frequent_and_rare(5000, seed=1))
+    matryoshka = load_sae(batchtopk_saes["matryoshka"])
+    assert matryoshka.cfg.prefixes() == [4, 16, 64]
+    fvus = _prefix_fvus(matryoshka, x)
+    assert fvus[0] < 0.6, fvus  # a quarter of the atoms' variance is left at best
+    assert all(b < a - 0.02 for a, b in zip(fvus, fvus[1:], strict=False)), fvus
+    plain = load_sae(batchtopk_saes["batchtopk"])
+    plain.cfg = replace(plain.cfg, architecture="matryoshka", matryoshka_prefixes=[4, 16, 64])  # same rule
+    first = _prefix_fvus(plain, x)[0]
+    assert first > fvus[0] + 0.2, (first, fvus)
+
+
+def test_matryoshka_loss_is_the_tilted_mean_over_prefixes() -> None:
+    """Matryoshka's per-token loss is the mean over prefixes of each prefix's reconstruction
+    loss, and Tilted ERM tilts that per-token mean (not each prefix separately)."""
+    from ssae_steps.train_sae import _step_losses
+
+    cfg = TrainConfig.from_dict({"sae": {"architecture": "matryoshka", "d_in": 24, "d_sae": 64, "k": 4}, "tilt": 2.0})
+    sae = SparseAutoencoder(cfg.sae, input_scale=0.5, seed=1)
+    x = torch.from_numpy(frequent_and_rare(200, seed=2))
+    loss, stats, _ = _step_losses(sae, x, cfg, torch.zeros(64, dtype=torch.long))
+    with torch.no_grad():
+        xn = x * sae.input_scale
+        pre = torch.relu(sae.pre_activations(x))
+        kth = pre.flatten().topk(4 * len(x)).values[-1]
+        z = pre * (pre >= kth)
+        losses = [(z[:, :m] @ sae.W_dec[:m] + sae.b_dec - xn).square().sum(-1) / 24 for m in (4, 16, 64)]
+    expected = tilted_loss(torch.stack(losses).mean(0), 2.0)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-4)
+    assert stats["mse"] == pytest.approx(float(losses[-1].mean()), rel=1e-4)  # logged: all latents
 
 
 def test_pretrained_gsae_is_imported_and_finetuned(tmp_path: Path) -> None:
