@@ -7,6 +7,37 @@ plus the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for To
 BatchTopK and Matryoshka, the AuxK loss that teaches dead latents to model the residual
 (Gao et al. 2024). Matryoshka's ``l_i`` averages its prefixes' losses (see ``_step_losses``).
 
+AuxK: the ``aux_k`` largest pre-activations among dead latents reconstruct the main
+reconstruction's residual; the loss (that error over the residual's variance) is weighted
+by ``aux_coefficient * min(n_dead / aux_k, 1)``. The dead-fraction factor is EleutherAI
+sparsify's (1.3.3, ``sparse_coder.py``: ``scale = min(num_dead / k_aux, 1.0)``, there with
+``k_aux = d_in // 2``; its comment: "reduce the scale of the loss if there are a small
+number of dead latents"). Gao et al.'s reference code (openai/sparse_autoencoder
+``train.py``) uses the fixed coefficient 1/32 without it.
+
+Optimisation recipe (all in :class:`TrainConfig`):
+
+- learning rate: ``lr``, or when None sparsify's width rule
+  ``base / sqrt(d_sae / 2**14)`` with sparsify's bases (``trainer.py``: Adam 2e-4,
+  signum 5e-3); the value used is ``summary.json``'s ``lr``;
+- schedule (:func:`lr_factor`, a pure function of the step, so a resumed run steps
+  exactly as an uninterrupted one): linear warm-up over the first ``warmup_fraction`` of
+  the run's steps, then flat, then a ``linear`` or ``cosine`` decay to about 0 over the
+  last ``decay_fraction`` (``none``: no decay); finetuning runs get their own schedule;
+- optimiser: ``adam`` (torch Adam, betas 0.9/0.999) or ``signum``, sparsify's default:
+  SignSGD (``p -= lr * sign(grad)``, sparsify ``sign_sgd.py``) inside the schedule-free
+  wrapper of the ``schedulefree`` package with momentum 0.95 (sparsify ``trainer.py``).
+  Schedule-free keeps two iterates: training runs at ``y``, and the SAE that is saved
+  (and handed to ``on_step`` for evaluation) holds the averaged evaluation weights ``x``
+  (:func:`evaluation_sae`; what ``ScheduleFreeWrapper.eval()`` sets). Checkpoints hold
+  ``y`` and the wrapper's state (``z``, step count, weight sum), so resuming is exact;
+- decoder-gradient projection (``project_decoder_grad``): before each optimiser step
+  the gradient of each decoder row loses its component along that row, as in sparsify's
+  ``remove_gradient_parallel_to_decoder_directions`` and Gao et al.'s
+  ``unit_norm_decoder_grad_adjustment_``; rows are renormalised after the step. The
+  step then moves rows (to first order) along the unit sphere instead of spending part
+  of it on a norm change that the renormalisation undoes.
+
 Run length is ``epochs`` passes over the set, or a fixed number of ``tokens`` (SSAEs: the
 same steps and tokens for every selection strategy; a set smaller than that, such as the
 seed documents alone, is repeated).
@@ -25,6 +56,7 @@ written.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import json
@@ -32,6 +64,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +85,12 @@ from ssae_steps.activation_reader import ActivationShardReader
 from ssae_steps.sae import BATCH_TOPK, SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
 
 log = logging.getLogger("ssae.train_sae")
-LOG_FIELDS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_fraction", "aux_loss"]
+LOG_FIELDS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_fraction", "aux_loss", "lr"]
+
+BASE_LR = {"adam": 2e-4, "signum": 5e-3}
+"""sparsify's (1.3.3, ``trainer.py``) base learning rates at 2**14 latents."""
+SIGNUM_MOMENTUM = 0.95
+"""sparsify's momentum of the schedule-free wrapper around SignSGD."""
 
 
 @dataclass
@@ -65,7 +103,24 @@ class TrainConfig:
     """scratch: random init; finetune: start from the SAE given as ``init_from``."""
     tilt: float = 0.0
     """Tilted ERM temperature t; 0 is plain ERM."""
-    lr: float = 4e-4
+    lr: float | None = None
+    """Peak learning rate; None: sparsify's width rule ``base / sqrt(d_sae / 2**14)`` with
+    the optimiser's base (:data:`BASE_LR`: Adam 2e-4, signum 5e-3)."""
+    optimizer: Literal["adam", "signum"] = "adam"
+    """adam: Adam (betas 0.9, 0.999); signum: sparsify's default, schedule-free SignSGD
+    (momentum 0.95; the saved SAE holds the schedule-free average)."""
+    # The schedule, projection and AuxK-scale defaults keep the earlier trainer's behaviour
+    # until bench/bench_train.py has measured which recipe wins on this data.
+    warmup_fraction: float = 0.0
+    """Share of the run's steps over which the learning rate rises linearly (from lr / W
+    at the first of those W steps) to lr."""
+    lr_decay: Literal["linear", "cosine", "none"] = "none"
+    """Decay of the learning rate to about 0 over the last ``decay_fraction`` of the steps."""
+    decay_fraction: float = 0.2
+    """Share of the run's steps (at its end) over which the learning rate decays."""
+    project_decoder_grad: bool = False
+    """Remove from each decoder row's gradient its component along the (unit-norm) row
+    before the optimiser step (rows are renormalised after it either way)."""
     batch_size: int = 1024
     """Tokens per step (a few hundred thousand tokens need many small steps more than big ones)."""
     epochs: float = 1.0
@@ -76,6 +131,8 @@ class TrainConfig:
     aux_k: int = 256
     """TopK: latents in the AuxK reconstruction of the residual."""
     aux_coefficient: float = 1 / 32
+    aux_dead_fraction_scale: bool = False
+    """Weight the AuxK loss by ``min(n_dead / aux_k, 1)`` (sparsify's dead-fraction scale)."""
     dead_after_tokens: int = 100_000
     """A latent that has not fired for this many tokens counts as dead."""
     log_every: int = 10
@@ -85,8 +142,11 @@ class TrainConfig:
     def validate(self, where: str) -> None:
         require_at_least(where, 1, batch_size=self.batch_size, aux_k=self.aux_k, log_every=self.log_every)
         require_at_least(where, 1, checkpoint_every=self.checkpoint_every, dead_after_tokens=self.dead_after_tokens)
-        if self.tilt < 0 or self.lr <= 0 or self.epochs <= 0:
+        if self.tilt < 0 or (self.lr is not None and self.lr <= 0) or self.epochs <= 0:
             raise ConfigError(f"{where}: tilt must be >= 0, lr and epochs > 0")
+        for key in ("warmup_fraction", "decay_fraction"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{where}.{key}: must be between 0 and 1, got {getattr(self, key)}")
         require_at_least(where, self.batch_size, tokens=self.tokens)
 
     @classmethod
@@ -165,6 +225,103 @@ def input_scale_from(manifest: dict[str, Any]) -> float:
     return math.sqrt(manifest["d_model"]) / manifest["stats"]["norm_mean"]
 
 
+def effective_lr(cfg: TrainConfig) -> float:
+    """``cfg.lr``, or sparsify's width-scaled default ``BASE_LR[optimizer] / sqrt(d_sae / 2**14)``
+    (sparsify 1.3.3 ``trainer.py``: ``cfg.lr or 2e-4 / (num_latents / 2**14) ** 0.5`` for
+    Adam, ``5e-3 / ...`` for signum)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return BASE_LR[cfg.optimizer] / math.sqrt(cfg.sae.d_sae / 2**14)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Multiplier of the peak learning rate for optimiser step ``step`` (0-based) of
+    ``total_steps``: ``min(warm-up, decay)`` with
+
+    - warm-up over ``W = round(warmup_fraction * total_steps)`` steps: ``(step + 1) / W``
+      while ``step < W`` (the first step already moves; the W-th is at the peak), else 1;
+    - decay over the last ``D = round(decay_fraction * total_steps)`` steps, with
+      ``p = (step - (total_steps - D)) / D`` in ``[0, 1)``: linear ``1 - p``, cosine
+      ``(1 + cos(pi * p)) / 2``, none 1; so the last step runs at about ``lr / D``.
+    """
+    factor = 1.0
+    warmup = round(cfg.warmup_fraction * total_steps)
+    if step < warmup:
+        factor = (step + 1) / warmup
+    decay = round(cfg.decay_fraction * total_steps)
+    start = total_steps - decay
+    if cfg.lr_decay != "none" and decay > 0 and step >= start:
+        progress = (step - start) / decay
+        shape = 1 - progress if cfg.lr_decay == "linear" else (1 + math.cos(math.pi * progress)) / 2
+        factor = min(factor, shape)
+    return factor
+
+
+def auxk_scale(n_dead: int, aux_k: int) -> float:
+    """sparsify's AuxK weight for ``n_dead`` dead latents: ``min(n_dead / aux_k, 1)``."""
+    return min(n_dead / aux_k, 1.0)
+
+
+@torch.no_grad()
+def remove_parallel_decoder_grad(w_dec: torch.Tensor) -> None:
+    """Remove from each row of ``w_dec.grad`` its component along that row:
+    ``g_i -= (g_i . w_i) / (w_i . w_i) * w_i`` (for unit-norm rows this is sparsify's
+    ``remove_gradient_parallel_to_decoder_directions`` exactly; dividing by the squared
+    norm keeps the result orthogonal for a row that is not quite unit norm, such as the
+    first step of a finetune from a schedule-free average)."""
+    grad = w_dec.grad
+    if grad is None:
+        return
+    parallel = (grad * w_dec).sum(-1, keepdim=True) / w_dec.square().sum(-1, keepdim=True).clamp_min(1e-12)
+    grad.sub_(parallel * w_dec)
+
+
+class SignSGD(torch.optim.Optimizer):
+    """Steepest descent in the L-infinity norm, ``p -= lr * sign(grad)`` (sparsify's
+    ``sign_sgd.py``; Bernstein et al. 2018). Wrapped in schedule-free momentum it is
+    sparsify's default optimiser ("signum")."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.sign(), alpha=-group["lr"])
+
+
+def _optimizer(cfg: TrainConfig, sae: SparseAutoencoder, lr: float) -> Any:
+    if cfg.optimizer == "signum":
+        from schedulefree import ScheduleFreeWrapper
+
+        # The wrapper swaps y and z through byte views, which need a unit last stride;
+        # W_enc starts as a transposed copy of W_dec. Same values, contiguous layout.
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.data = p.data.contiguous()
+        optimizer = ScheduleFreeWrapper(SignSGD(sae.parameters(), lr=lr), momentum=SIGNUM_MOMENTUM)
+        optimizer.train()  # parameters hold the training iterate y from here on
+        return optimizer
+    return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+
+
+@torch.no_grad()
+def evaluation_sae(sae: SparseAutoencoder, optimizer: Any) -> SparseAutoencoder:
+    """The SAE to save or evaluate: ``sae`` itself for Adam; for schedule-free signum a
+    copy holding the averaged iterate ``x = y + (1 - 1/momentum) (z - y)`` (the same
+    ``lerp`` as ``ScheduleFreeWrapper.eval()``, on a copy, so training goes on untouched)."""
+    if not hasattr(optimizer, "train_mode"):
+        return sae
+    out = copy.deepcopy(sae)
+    for p, q in zip(sae.parameters(), out.parameters(), strict=True):
+        z = optimizer.state[p].get("z")
+        if z is not None:
+            q.lerp_(z, 1 - 1 / optimizer.momentum)
+    return out
+
+
 def _step_losses(
     sae: SparseAutoencoder, x: torch.Tensor, cfg: TrainConfig, tokens_since_fired: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
@@ -205,7 +362,8 @@ def _step_losses(
             residual = (xn - recon).detach()
             aux_recon = torch.nn.functional.embedding_bag(aux_idx, sae.W_dec, per_sample_weights=aux_vals, mode="sum")
             denom = (residual - residual.mean(0)).square().sum(-1).mean().clamp_min(1e-8)
-            aux = (aux_recon - residual).square().sum(-1).mean() / denom
+            scale = auxk_scale(n_dead, cfg.aux_k) if cfg.aux_dead_fraction_scale else 1.0
+            aux = scale * (aux_recon - residual).square().sum(-1).mean() / denom
     elif arch == "jumprelu":
         pre = sae.pre_activations(x)
         step = sae.jump_step(pre)  # once: for the latents and for the L0 penalty
@@ -252,10 +410,13 @@ def train_sae(
     init_from: str | Path | None = None,
     stop_after_steps: int | None = None,
     device: str = "cpu",
+    on_step: Callable[[int, Callable[[], SparseAutoencoder]], None] | None = None,
 ) -> dict[str, Any]:
     """Train on the activation set of ``manifest_path``; write ``out_dir/sae`` (SAELens
     layout), ``train_log.csv`` and ``summary.json``. ``stop_after_steps`` ends the run early
-    (as a crash would) after that many steps, leaving only the checkpoint."""
+    (as a crash would) after that many steps, leaving only the checkpoint. ``on_step(step,
+    current)``, if given, is called after every step; ``current()`` returns the SAE with its
+    evaluation weights (:func:`evaluation_sae`; do not modify it)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(Path(manifest_path).read_text())
@@ -283,7 +444,8 @@ def train_sae(
             f"training.batch_size: {cfg.batch_size} is more than the {reader.tokens} tokens of {manifest_path}"
         )
     total_steps = max(1, cfg.tokens // cfg.batch_size if cfg.tokens else int(cfg.epochs * len(reader)))
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    lr = effective_lr(cfg)
+    optimizer = _optimizer(cfg, sae, lr)
     tokens_since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long, device=device)
     step, rows, key = 0, [], _run_key(cfg, manifest, init_from if cfg.init == "finetune" else None)
     checkpoint = out_dir / "checkpoint.pt"
@@ -309,6 +471,11 @@ def train_sae(
                 raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.project_decoder_grad:
+                remove_parallel_decoder_grad(sae.W_dec)
+            step_lr = lr * lr_factor(cfg, step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
             optimizer.step()
             sae.normalize_decoder()
             tokens_since_fired += len(x)
@@ -323,6 +490,7 @@ def train_sae(
                         "tokens": step * cfg.batch_size,
                         **stats,
                         "dead_fraction": float((tokens_since_fired >= cfg.dead_after_tokens).float().mean()),
+                        "lr": step_lr,
                     }
                 )
             if step % cfg.checkpoint_every == 0 or step == total_steps:
@@ -339,6 +507,8 @@ def train_sae(
                 }
                 with atomic_path(checkpoint) as tmp:
                     torch.save(state, tmp)
+            if on_step is not None:
+                on_step(step, lambda: evaluation_sae(sae, optimizer))
             if step >= total_steps or (stop_after_steps is not None and step >= stop_after_steps):
                 break
         if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
@@ -347,7 +517,10 @@ def train_sae(
     progress.close()
     seconds = time.time() - started
     metadata = {"hook_name": manifest["hook_name"], "model_dir": manifest["model_dir"]}
-    save_sae(sae.cpu(), out_dir / "sae", metadata=metadata)
+    final = evaluation_sae(sae, optimizer)
+    if not all(torch.isfinite(p).all() for p in final.parameters()):
+        raise FloatingPointError(f"non-finite SAE weights at the end of step {step}")
+    save_sae(final.cpu(), out_dir / "sae", metadata=metadata)
     with atomic_path(out_dir / "train_log.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
         writer.writeheader()
@@ -359,6 +532,8 @@ def train_sae(
         "set_tokens": reader.tokens,
         "passes": round(step * cfg.batch_size / max(reader.tokens, 1), 3),
         "run_key": key,
+        "optimizer": cfg.optimizer,
+        "lr": lr,
         "final": rows[-1] if rows else {},
         "seconds": round(seconds, 2),
         "tokens_per_second": round(step * cfg.batch_size / max(seconds, 1e-9), 1),

@@ -1,9 +1,12 @@
-"""SAE training: resume equals an uninterrupted run and never reuses stale work; equal
-budgets; Tilted ERM helps the rare tokens."""
+"""SAE training: resume equals an uninterrupted run (Adam and schedule-free signum) and
+never reuses stale work; equal budgets; Tilted ERM helps the rare tokens; the optimisation
+recipe (schedule, decoder-gradient projection, width-scaled lr, AuxK scale)."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -17,10 +20,22 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from ssae_steps import train_sae as train_module
 from ssae_steps._config import ConfigError
 from ssae_steps.activation_reader import write_activation_set
 from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
-from ssae_steps.train_sae import TrainConfig, TrainingPlan, import_pretrained, train_sae
+from ssae_steps.train_sae import (
+    BASE_LR,
+    TrainConfig,
+    TrainingPlan,
+    _step_losses,
+    auxk_scale,
+    evaluation_sae,
+    import_pretrained,
+    lr_factor,
+    remove_parallel_decoder_grad,
+    train_sae,
+)
 
 
 def planted(n: int, rare_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -35,14 +50,31 @@ def planted(n: int, rare_fraction: float, seed: int = 0) -> tuple[np.ndarray, np
     return x.numpy(), rare.numpy()
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "jumprelu", "relu"])
-def test_resume_gives_the_uninterrupted_result(arch: str, tmp_path: Path) -> None:
-    """Weights, optimiser, firing counters and (BatchTopK, Matryoshka) the inference
-    threshold's running estimate all come back from the checkpoint."""
+@pytest.mark.parametrize(
+    ("arch", "optimizer"),
+    [
+        ("topk", "adam"),
+        ("topk", "signum"),
+        ("batchtopk", "adam"),
+        ("matryoshka", "adam"),
+        ("jumprelu", "adam"),
+        ("relu", "adam"),
+    ],
+)
+def test_resume_gives_the_uninterrupted_result(arch: str, optimizer: str, tmp_path: Path) -> None:
+    """Killed after 13 of 24 steps (last checkpoint: step 10, inside the warm-up), the
+    rerun ends with the same weights and log as an uninterrupted run: optimiser state
+    (Adam moments, or the schedule-free z, step count and weight sum), the schedule,
+    firing counters and (BatchTopK, Matryoshka) the inference threshold's running
+    estimate carry over exactly."""
     acts, _ = planted(6000, 0.0)
     manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
     cfg = {
         "sae": {"architecture": arch, "d_sae": 64, "k": 4},
+        "optimizer": optimizer,
+        "warmup_fraction": 0.5,
+        "lr_decay": "linear",
+        "decay_fraction": 0.3,
         "batch_size": 500,
         "epochs": 2,
         "checkpoint_every": 5,
@@ -344,3 +376,157 @@ def test_token_budget_gives_equal_steps_for_small_and_large_sets(tmp_path: Path)
     assert summaries["small"]["steps"] == summaries["large"]["steps"] == 10
     assert summaries["small"]["tokens"] == summaries["large"]["tokens"] == 5000
     assert summaries["small"]["passes"] == pytest.approx(5000 / 1500, rel=1e-3)
+
+
+def _log(path: Path) -> list[dict[str, float]]:
+    with (path / "train_log.csv").open() as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def test_lr_schedule_shape(tmp_path: Path) -> None:
+    """Linear warm-up over the first 5% of the steps from ~0 to the peak, flat, then a
+    linear (or cosine) decay to ~0 over the last 20%; the trainer steps with exactly that."""
+    linear = TrainConfig(warmup_fraction=0.05, decay_fraction=0.2, lr_decay="linear")
+    factors = [lr_factor(linear, step, 100) for step in range(100)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert factors[5:81] == pytest.approx([1.0] * 76)
+    assert factors[90] == pytest.approx(0.5) and factors[99] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(factors[80:], factors[81:], strict=False))
+    assert factors[81] - factors[82] == pytest.approx(0.05)  # linear: equal steps down
+    cosine = replace(linear, lr_decay="cosine")
+    assert lr_factor(cosine, 2, 100) == pytest.approx(0.6)
+    assert lr_factor(cosine, 85, 100) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    assert lr_factor(cosine, 90, 100) == pytest.approx(0.5)
+    assert 0 < lr_factor(cosine, 99, 100) < 0.01
+    assert lr_factor(replace(linear, lr_decay="none"), 99, 100) == 1.0
+
+    acts, _ = planted(2000, 0.0)
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    cfg = {"sae": {"d_sae": 32, "k": 3}, "batch_size": 100, "tokens": 4000, "lr": 1e-3, "log_every": 1}
+    cfg |= {"warmup_fraction": 0.1, "lr_decay": "linear", "decay_fraction": 0.25}
+    train_sae(TrainConfig.from_dict(cfg), manifest, tmp_path / "out")
+    used = [row["lr"] for row in _log(tmp_path / "out")]
+    assert len(used) == 40
+    assert used[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert used[4:31] == pytest.approx([1e-3] * 27)
+    assert used[30:] == pytest.approx([1e-3 * (10 - i) / 10 for i in range(10)])
+
+
+def test_projected_decoder_gradient_is_orthogonal_to_each_row(tmp_path: Path, monkeypatch) -> None:
+    """On a real backward of one batch the decoder gradient has components along the rows;
+    after the projection each row's gradient is orthogonal to it, and the trainer hands the
+    optimiser only projected gradients (unless ``project_decoder_grad`` is off)."""
+    acts, _ = planted(500, 0.0)
+    cfg = TrainConfig.from_dict({"sae": {"d_in": 24, "d_sae": 64, "k": 4}})
+    sae = SparseAutoencoder(cfg.sae, input_scale=2.0)
+    x = torch.from_numpy(acts)
+    loss, _, _ = _step_losses(sae, x, cfg, torch.zeros(64, dtype=torch.long))
+    loss.backward()
+    grad, w = sae.W_dec.grad, sae.W_dec.detach()
+    cosine = lambda g: ((g * w).sum(-1) / (g.norm(dim=-1) * w.norm(dim=-1)).clamp_min(1e-30)).abs()  # noqa: E731
+    live = grad.norm(dim=-1) > 0
+    assert live.sum() >= 4 and float(cosine(grad)[live].max()) > 0.05
+    before = grad.clone()
+    remove_parallel_decoder_grad(sae.W_dec)
+    assert float(cosine(sae.W_dec.grad)[live].max()) < 1e-5
+    # Only the parallel part went: the rest of the gradient is unchanged.
+    torch.testing.assert_close(sae.W_dec.grad, before - (before * w).sum(-1, keepdim=True) * w, atol=1e-7, rtol=1e-5)
+
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    seen: list[float] = []
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        w_dec = next(p for group in self.param_groups for p in group["params"] if p.shape == (64, 24))
+        g, w = w_dec.grad, w_dec.detach()
+        seen.append(float(((g * w).sum(-1) / g.norm(dim=-1).clamp_min(1e-30)).abs().max()))
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    for project in (True, False):
+        seen.clear()
+        cfg = {"sae": {"d_sae": 64, "k": 4}, "batch_size": 100, "tokens": 300, "project_decoder_grad": project}
+        train_sae(TrainConfig.from_dict(cfg), manifest, tmp_path / f"p{project}")
+        assert len(seen) == 3
+        assert (max(seen) < 1e-5) if project else (min(seen) > 1e-3), seen
+
+
+def test_width_scaled_learning_rate_is_recorded(tmp_path: Path) -> None:
+    """lr None: sparsify's base / sqrt(d_sae / 2^14) for the optimiser (Adam 2e-4, signum
+    5e-3); an explicit lr is kept. summary.json records the value used."""
+    acts, _ = planted(1000, 0.0)
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    assert BASE_LR == {"adam": 2e-4, "signum": 5e-3}
+    base = {"batch_size": 250, "tokens": 1000, "warmup_fraction": 0, "lr_decay": "none", "log_every": 1}
+    for optimizer, d_sae, lr in (("adam", 64, None), ("signum", 256, None), ("adam", 64, 1e-3), ("signum", 64, 0.02)):
+        cfg = TrainConfig.from_dict({**base, "sae": {"d_sae": d_sae, "k": 4}, "optimizer": optimizer, "lr": lr})
+        out = tmp_path / f"{optimizer}-{d_sae}-{lr}"
+        summary = train_sae(cfg, manifest, out)
+        expected = lr if lr is not None else BASE_LR[optimizer] / math.sqrt(d_sae / 2**14)
+        assert summary["lr"] == pytest.approx(expected, rel=1e-12) and summary["optimizer"] == optimizer
+        assert json.loads((out / "summary.json").read_text())["lr"] == pytest.approx(expected, rel=1e-12)
+        assert [row["lr"] for row in _log(out)] == pytest.approx([expected] * 4)
+    assert BASE_LR["adam"] / math.sqrt(64 / 2**14) == pytest.approx(3.2e-3)  # 2e-4 * 16
+
+
+def test_auxk_loss_is_scaled_by_the_dead_fraction(monkeypatch) -> None:
+    """AuxK weight min(n_dead / aux_k, 1) (sparsify): 3 dead latents with aux_k 8 weigh
+    3/8 of the same AuxK reconstruction with aux_k 3 (both use the 3 dead latents)."""
+    assert auxk_scale(3, 8) == 0.375 and auxk_scale(8, 8) == 1.0 and auxk_scale(12, 8) == 1.0
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=gen) + 1.0
+    since = torch.zeros(16, dtype=torch.long)
+    since[[2, 7, 11]] = 10**6  # three dead latents
+    aux = {}
+    for aux_k in (3, 8):
+        cfg = TrainConfig(
+            sae=SAEConfig(d_in=8, d_sae=16, k=2), aux_k=aux_k, dead_after_tokens=1000, aux_dead_fraction_scale=True
+        )
+        sae = SparseAutoencoder(cfg.sae, seed=1)
+        _, stats, _ = _step_losses(sae, x, cfg, since)
+        aux[aux_k] = stats["aux_loss"]
+    assert aux[3] > 0.01
+    assert aux[8] == pytest.approx(3 / 8 * aux[3], rel=1e-5)
+    plain = replace(cfg, aux_dead_fraction_scale=False)  # off (the default): full weight
+    assert _step_losses(SparseAutoencoder(cfg.sae, seed=1), x, plain, since)[1]["aux_loss"] == pytest.approx(aux[3])
+    # 12 dead latents, aux_k 8: full weight, the same as with the scale switched off.
+    since[:12] = 10**6
+    cfg = TrainConfig(
+        sae=SAEConfig(d_in=8, d_sae=16, k=2), aux_k=8, dead_after_tokens=1000, aux_dead_fraction_scale=True
+    )
+    scaled = _step_losses(SparseAutoencoder(cfg.sae, seed=1), x, cfg, since)[1]["aux_loss"]
+    monkeypatch.setattr(train_module, "auxk_scale", lambda n_dead, aux_k: 1.0)
+    unscaled = _step_losses(SparseAutoencoder(cfg.sae, seed=1), x, cfg, since)[1]["aux_loss"]
+    assert scaled > 0.01 and scaled == pytest.approx(unscaled, rel=1e-6)
+
+
+def test_signum_saves_the_schedule_free_average(tmp_path: Path) -> None:
+    """Schedule-free signum trains at y and saves x, the schedule-free average: the
+    evaluation weights equal ScheduleFreeWrapper.eval()'s, and the saved SAE is them (its
+    decoder rows, unlike the renormalised training rows, are not exactly unit norm)."""
+    from schedulefree import ScheduleFreeWrapper
+
+    acts, _ = planted(1000, 0.0)
+    x = torch.from_numpy(acts)
+    cfg = TrainConfig(sae=SAEConfig(d_in=24, d_sae=32, k=3), optimizer="signum")
+    sae = SparseAutoencoder(cfg.sae)
+    optimizer = train_module._optimizer(cfg, sae, 0.01)
+    assert isinstance(optimizer, ScheduleFreeWrapper) and optimizer.momentum == 0.95 and optimizer.train_mode
+    for batch in x.split(250):
+        optimizer.zero_grad()
+        _step_losses(sae, batch, cfg, torch.zeros(32, dtype=torch.long))[0].backward()
+        optimizer.step()
+    averaged = evaluation_sae(sae, optimizer)
+    assert not torch.equal(averaged.W_dec, sae.W_dec)
+    optimizer.eval()
+    for name, tensor in sae.state_dict().items():
+        assert torch.equal(averaged.state_dict()[name], tensor), name
+
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    last = {}
+    run = {"sae": {"d_sae": 32, "k": 3}, "optimizer": "signum", "batch_size": 250, "tokens": 2000}
+    train_sae(TrainConfig.from_dict(run), manifest, tmp_path / "out", on_step=lambda s, cur: last.update(sae=cur()))
+    saved, current = load_sae(tmp_path / "out" / "sae"), last["sae"]
+    for name, tensor in saved.state_dict().items():
+        torch.testing.assert_close(tensor, current.state_dict()[name], rtol=1e-5, atol=1e-6)
+    assert float((saved.W_dec.detach().norm(dim=-1) - 1).abs().max()) > 1e-4
