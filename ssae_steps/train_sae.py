@@ -9,13 +9,17 @@ BatchTopK and Matryoshka, the AuxK loss that teaches dead latents to model the r
 
 AuxK: the ``aux_k`` largest pre-activations among dead latents reconstruct the main
 reconstruction's residual; the loss (that error over the residual's variance) is weighted
-by ``aux_coefficient * min(n_dead / aux_k, 1)``. The dead-fraction factor is EleutherAI
+by ``aux_coefficient``, times ``min(n_dead / aux_k, 1)`` with ``aux_dead_fraction_scale``
+(off by default, like the rest of the recipe below until the benchmark has chosen). The
+dead-fraction factor is EleutherAI
 sparsify's (1.3.3, ``sparse_coder.py``: ``scale = min(num_dead / k_aux, 1.0)``, there with
 ``k_aux = d_in // 2``; its comment: "reduce the scale of the loss if there are a small
 number of dead latents"). Gao et al.'s reference code (openai/sparse_autoencoder
 ``train.py``) uses the fixed coefficient 1/32 without it.
 
-Optimisation recipe (all in :class:`TrainConfig`):
+Optimisation recipe (all in :class:`TrainConfig`; the defaults - constant lr, no
+projection, Adam - keep the earlier trainer until ``bench/bench_train.py`` has measured
+which recipe wins on this data):
 
 - learning rate: ``lr``, or when None sparsify's width rule
   ``base / sqrt(d_sae / 2**14)`` with sparsify's bases (``trainer.py``: Adam 2e-4,
