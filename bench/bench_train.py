@@ -73,7 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ssae_steps.activation_reader import ActivationShardReader, write_activation_set  # noqa: E402
 from ssae_steps.train_sae import TrainConfig, evaluation_sae, input_scale_from, train_sae  # noqa: E402
 
-D_SAE, K, BATCH = 8192, 32, 4096
+D_SAE, K = 8192, 32
+BATCH = 4096  # --batch; set in main and in each child from its spec
 FRACTIONS = (0.25, 0.5, 1.0)
 SAELENS_LRS = (3e-4, 9e-4, 2.7e-3)
 # TrainConfig's recipe options, all on: warm-up and linear decay, decoder-gradient
@@ -203,6 +204,8 @@ def peak_rss_mb() -> float:
 
 def child(spec: dict) -> None:
     """Train one trainer; write its tokens/s, FVU curve and peak RSS to ``spec['result']``."""
+    global BATCH
+    BATCH = spec["batch"]
     train, heldout = Path(spec["train"]), Path(spec["heldout"])
     scale = input_scale_from(json.loads(train.read_text()))
     held = load_all(heldout, spec["heldout_tokens"])
@@ -287,7 +290,7 @@ def plot(results: dict[str, dict], path: Path, tokens: int) -> None:
         ax.plot(xs, ys, "o-", label=name)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("held-out FVU (lower is better)")
-    ax.set_title(f"TopK SAE, 8192 latents, k=32, batch 4096, {tokens:,} tokens", fontsize=9)
+    ax.set_title(f"TopK SAE, {D_SAE} latents, k={K}, batch {BATCH}, {tokens:,} tokens", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -300,6 +303,7 @@ def _fvu_at(res: dict, fraction: float, steps: int) -> float:
 
 
 def main() -> int:
+    global BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, default=Path("results/activations/corpus/general/train/manifest.json"))
     parser.add_argument(
@@ -307,6 +311,16 @@ def main() -> int:
     )
     parser.add_argument("--tokens", type=int, default=1_000_000, help="training tokens (whole batches of 4096)")
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=BATCH, help="tokens per step, every trainer")
+    parser.add_argument(
+        "--trainers",
+        default="ours,sparsify,saelens",
+        help="comma-separated subset of ours, sparsify, saelens (ratios need ours and the peer)",
+    )
+    parser.add_argument(
+        "--saelens-sweep-fraction", type=float, default=0.25, help="share of --tokens each SAELens lr trial trains"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write every result and the sweep here")
     parser.add_argument("--synthetic", action="store_true", help="synthetic sparse data instead of cached activations")
     parser.add_argument("--plot", type=Path, default=None, help="FVU-vs-tokens PNG (default: in the temp folder)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -315,6 +329,10 @@ def main() -> int:
         child(json.loads(args.child))
         return 0
 
+    BATCH = args.batch
+    trainers = set(args.trainers.split(","))
+    if not trainers <= {"ours", "sparsify", "saelens"}:
+        parser.error(f"--trainers: unknown {sorted(trainers - {'ours', 'sparsify', 'saelens'})}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     if args.synthetic or not args.train.exists():
         print(f"no cached activations at {args.train} (or --synthetic); using synthetic sparse data")
@@ -334,73 +352,88 @@ def main() -> int:
         "heldout": str(args.heldout.resolve()),
         "heldout_tokens": heldout_tokens,
         "tokens": tokens,
+        "batch": BATCH,
     }
 
     results: dict[str, dict] = {}
-    default_optimizer = TrainConfig().optimizer
-    results["ours (default recipe)"] = run_child({**base, "kind": "ours", "overrides": {}}, tmp, "ours-default")
-    for optimizer in ("adam", "signum"):
-        name = f"ours, {optimizer}"
-        if optimizer == default_optimizer:
-            results[f"{name} (= default)"] = results["ours (default recipe)"]
-        else:
-            spec = {**base, "kind": "ours", "overrides": {"optimizer": optimizer}}
-            results[name] = run_child(spec, tmp, f"ours-{optimizer}")
-        # The whole recipe (off by default until this benchmark has chosen it).
-        spec = {**base, "kind": "ours", "overrides": {**FULL_RECIPE, "optimizer": optimizer}}
-        results[f"{name} + schedule, projection, AuxK scale"] = run_child(spec, tmp, f"ours-{optimizer}-recipe")
-    results["sparsify"] = run_child({**base, "kind": "sparsify"}, tmp, "sparsify")
+    sweep: dict[float, float] = {}
+    if "ours" in trainers:
+        # Each distinct recipe trains once; a variant equal to the default is labelled so.
+        variants = {"ours (default recipe)": {}}
+        for optimizer in ("adam", "signum"):
+            variants[f"ours, {optimizer}"] = {"optimizer": optimizer}
+            variants[f"ours, {optimizer} + schedule, projection, AuxK scale"] = {**FULL_RECIPE, "optimizer": optimizer}
+        trained: dict[str, str] = {}  # the effective config -> the name it was first run under
+        for name, overrides in variants.items():
+            effective = repr(TrainConfig.from_dict({"batch_size": BATCH, **overrides}))
+            if effective in trained:
+                results[f"{name} (= {trained[effective]})"] = results[trained[effective]]
+                continue
+            trained[effective] = name
+            slug = "ours-" + "-".join(f"{k}={v}" for k, v in sorted(overrides.items())) if overrides else "ours-default"
+            results[name] = run_child({**base, "kind": "ours", "overrides": overrides}, tmp, slug[:80])
+    if "sparsify" in trainers:
+        results["sparsify"] = run_child({**base, "kind": "sparsify"}, tmp, "sparsify")
+    if "saelens" in trainers:
+        quarter = max(1, round(args.saelens_sweep_fraction * steps)) * BATCH
+        for lr in SAELENS_LRS:
+            spec = {**base, "kind": "saelens", "lr": lr, "tokens": quarter, "curve": False}
+            sweep[lr] = run_child(spec, tmp, f"saelens-sweep-{lr:g}")["curve"][-1][1]
+        best_lr = min(sweep, key=sweep.get)
+        results["saelens"] = run_child({**base, "kind": "saelens", "lr": best_lr}, tmp, "saelens")
+        share = f"{quarter / tokens:.0%}"
+        print(f"\nSAELens lr tuned on the first {quarter:,} tokens ({share}), held-out FVU there:")
+        print("  " + ", ".join(f"lr {lr:g}: {value:.4f}" for lr, value in sweep.items()) + f" -> lr {best_lr:g}")
 
-    quarter = max(1, round(0.25 * steps)) * BATCH
-    sweep = {}
-    for lr in SAELENS_LRS:
-        spec = {**base, "kind": "saelens", "lr": lr, "tokens": quarter, "curve": False}
-        sweep[lr] = run_child(spec, tmp, f"saelens-sweep-{lr:g}")["curve"][-1][1]
-    best_lr = min(sweep, key=sweep.get)
-    results["saelens"] = run_child({**base, "kind": "saelens", "lr": best_lr}, tmp, "saelens")
-
-    print(f"\nSAELens lr tuned on the first {quarter:,} tokens (25%), held-out FVU there:")
-    print("  " + ", ".join(f"lr {lr:g}: {value:.4f}" for lr, value in sweep.items()) + f" -> lr {best_lr:g}")
-
-    print(f"\n{'trainer':<26}{'tokens/s':>10}{'FVU@25%':>10}{'FVU@50%':>10}{'FVU@100%':>10}{'peak RSS MB':>13}   lr")
+    width = max(len(name) for name in results) + 2
+    header = "".join(f"{h:>10}" for h in ("tokens/s", "FVU@25%", "FVU@50%", "FVU@100%"))
+    print(f"\n{'trainer':<{width}}{header}{'peak RSS MB':>13}   lr")
     for name, res in results.items():
         fvus = "".join(f"{_fvu_at(res, f, steps):>10.4f}" for f in FRACTIONS)
-        print(f"{name:<26}{res['tokens_per_s']:>10,.0f}{fvus}{res['peak_rss_mb']:>13,.0f}   {res['lr']:.3g}")
+        print(f"{name:<{width}}{res['tokens_per_s']:>10,.0f}{fvus}{res['peak_rss_mb']:>13,.0f}   {res['lr']:.3g}")
+    if args.json:
+        record = {"tokens": tokens, "batch": BATCH, "results": results, "saelens_sweep": sweep}
+        args.json.write_text(json.dumps(record, indent=1))
 
-    ours, sparsify, saelens = results["ours (default recipe)"], results["sparsify"], results["saelens"]
+    ours = results.get("ours (default recipe)")
     ratios = {}
-    for peer, res in (("sparsify", sparsify), ("saelens", saelens)):
-        fvu_ratio = _fvu_at(ours, 1.0, steps) / _fvu_at(res, 1.0, steps)
-        ratios[peer] = (fvu_ratio, ours["tokens_per_s"] / res["tokens_per_s"])
-        print(f"ours/{peer}: FVU ratio {ratios[peer][0]:.3f} (lower is better), tokens/s ratio {ratios[peer][1]:.2f}")
+    for peer in ("sparsify", "saelens"):
+        if ours is not None and peer in results:
+            res = results[peer]
+            fvu_ratio = _fvu_at(ours, 1.0, steps) / _fvu_at(res, 1.0, steps)
+            ratios[peer] = (fvu_ratio, ours["tokens_per_s"] / res["tokens_per_s"])
+            print(f"ours/{peer}: FVU ratio {fvu_ratio:.3f} (lower is better), tokens/s ratio {ratios[peer][1]:.2f}")
 
-    gflops = matmul_gflops(d_in)
-    bound = gflops * 1e9 / topk_step_flops_per_token(d_in)
-    print(
-        f"FLOP bound: dense matmul {gflops:.1f} GFLOP/s here, {topk_step_flops_per_token(d_in) / 1e6:.2f} MFLOP "
-        f"per token per step -> {bound:,.0f} tokens/s; ours reaches {ours['tokens_per_s'] / bound:.2f} of it"
-    )
+    if ours is not None:
+        gflops = matmul_gflops(d_in)
+        bound = gflops * 1e9 / topk_step_flops_per_token(d_in)
+        print(
+            f"FLOP bound: dense matmul {gflops:.1f} GFLOP/s here, {topk_step_flops_per_token(d_in) / 1e6:.2f} MFLOP "
+            f"per token per step -> {bound:,.0f} tokens/s; ours reaches {ours['tokens_per_s'] / bound:.2f} of it"
+        )
 
-    checks = {
-        "FVU <= sparsify's at 50% and 100%": all(
+    checks = {}
+    if "sparsify" in ratios:
+        sparsify = results["sparsify"]
+        checks["FVU <= sparsify's at 50% and 100%"] = all(
             _fvu_at(ours, f, steps) <= _fvu_at(sparsify, f, steps) for f in FRACTIONS if f >= 0.5
-        ),
-        f"tokens/s >= {TPS_TARGET_SPARSIFY}x sparsify's": ratios["sparsify"][1] >= TPS_TARGET_SPARSIFY,
-        f"tokens/s >= {TPS_TARGET_SAELENS}x SAELens' with FVU <= SAELens'": ratios["saelens"][1] >= TPS_TARGET_SAELENS
-        and ratios["saelens"][0] <= 1.0,
-        "peak RSS <= sparsify's": ours["peak_rss_mb"] <= sparsify["peak_rss_mb"],
-    }
+        )
+        checks[f"tokens/s >= {TPS_TARGET_SPARSIFY}x sparsify's"] = ratios["sparsify"][1] >= TPS_TARGET_SPARSIFY
+        checks["peak RSS <= sparsify's"] = ours["peak_rss_mb"] <= sparsify["peak_rss_mb"]
+    if "saelens" in ratios:
+        checks[f"tokens/s >= {TPS_TARGET_SAELENS}x SAELens' with FVU <= SAELens'"] = (
+            ratios["saelens"][1] >= TPS_TARGET_SAELENS and ratios["saelens"][0] <= 1.0
+        )
     for text, met in checks.items():
         print(f"target {text}: {'met' if met else 'NOT met'}")
 
     plot_path = args.plot or tmp / "fvu_vs_tokens.png"
-    curves = {name: res for name, res in results.items() if "(= default)" not in name}
+    curves = {name: res for name, res in results.items() if "(= " not in name}
     plot(curves, plot_path, tokens)
     print(f"plot: {plot_path}")
-    print(
-        f"RESULT ours/sparsify fvu_ratio={ratios['sparsify'][0]:.3f} tps_ratio={ratios['sparsify'][1]:.2f} "
-        f"ours/saelens fvu_ratio={ratios['saelens'][0]:.3f} tps_ratio={ratios['saelens'][1]:.2f}"
-    )
+    if ratios:
+        parts = (f"ours/{peer} fvu_ratio={f:.3f} tps_ratio={t:.2f}" for peer, (f, t) in ratios.items())
+        print("RESULT " + " ".join(parts))
     return 0
 
 

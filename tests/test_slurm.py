@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slurm
 SLURM_TARGETS = (
     "results/corpora/overview.png",
     "results/retrieval/physics/comparison.md",
-    "results/sae/physics/dense/finetune-t2-k8/summary.json",
+    "results/sae/physics/dense/finetune-t0-k8/summary.json",
 )
 
 
@@ -103,7 +103,7 @@ def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Pa
         b = json.loads((local_run / "results/activations" / manifest / "manifest.json").read_text())
         assert a["tokens"] == b["tokens"]
         np.testing.assert_allclose(a["stats"]["mean"], b["stats"]["mean"], rtol=1e-4, atol=1e-5)
-    for run in ["general/k8", "physics/dense/finetune-t2-k8"]:
+    for run in ["general/k8", "physics/dense/finetune-t0-k8"]:
         a = load_sae(workdir / "results/sae" / run / "sae").state_dict()
         b = load_sae(local_run / "results/sae" / run / "sae").state_dict()
         for name, tensor in a.items():
