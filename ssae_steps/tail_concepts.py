@@ -12,8 +12,10 @@ that fires on everything is not a detector):
 - tail vs head reconstruction: FVU restricted to tail-token rows and to all other rows
   (both against the set mean);
 - dedicated latents: for each concept, the latent whose firing (activation > 0) best
-  detects "this token is the concept" by F1; the concept is *captured* when that F1 is
-  at least ``detection_f1``. Tail-concept recall = captured / concepts.
+  detects "this token is the concept" by F1 on the *validation* part of the held-out
+  documents (``ssae_steps.heldout_split``); that latent's F1 is then measured on the
+  *test* part, and the concept is *captured* when the test F1 is at least
+  ``detection_f1``. Tail-concept recall = captured / concepts that occur in both parts.
 """
 
 from __future__ import annotations
@@ -87,12 +89,18 @@ def tail_tokens(
 
 
 def concept_detection(
-    active_rows: np.ndarray, active_latents: np.ndarray, token_ids: np.ndarray, concepts: list[int], d_sae: int
+    active_rows: np.ndarray,
+    active_latents: np.ndarray,
+    token_ids: np.ndarray,
+    concepts: list[int],
+    d_sae: int,
+    latents: list[int] | None = None,
 ) -> list[dict[str, float]]:
-    """Best detecting latent per concept from the SAE's active (row, latent) pairs on an
-    evaluation set whose row ``r`` has token ``token_ids[r]``."""
+    """Per concept, how well one latent detects it on an evaluation set whose row ``r`` has
+    token ``token_ids[r]``, from the SAE's active (row, latent) pairs: the best latent by F1,
+    or the given ``latents[c]`` (chosen on other text) scored here."""
     fires = np.bincount(active_latents, minlength=d_sae)
-    concept_index = np.full(int(max(token_ids.max(), max(concepts, default=0))) + 1, -1)
+    concept_index = np.full(int(max(token_ids.max(initial=0), max(concepts, default=0))) + 1, -1)
     concept_index[np.asarray(concepts, dtype=np.int64)] = np.arange(len(concepts))
     row_concept = concept_index[token_ids]
     hit = row_concept[active_rows] >= 0
@@ -102,7 +110,7 @@ def concept_detection(
     out = []
     for c, token in enumerate(concepts):
         f1 = 2 * true_pos[c] / np.maximum(fires + support[c], 1)
-        best = int(f1.argmax())
+        best = int(f1.argmax()) if latents is None else int(latents[c])
         tp = int(true_pos[c, best])
         out.append(
             {
@@ -111,6 +119,7 @@ def concept_detection(
                 "f1": float(f1[best]),
                 "precision": tp / max(int(fires[best]), 1),
                 "recall": tp / max(int(support[c]), 1),
+                "support": int(support[c]),
             }
         )
     return out

@@ -126,11 +126,24 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     for row in metrics.itertuples():
         assert row.clean_loss == baselines[row.set]["clean_loss"]
         assert np.isfinite(row.spliced_loss) and 0 <= row.dead_fraction <= 1
+    # Every headline metric has its bootstrap interval over the test documents.
+    for metric in ("fvu", "delta_ce", "kl", "spliced_loss", "l0"):
+        assert (metrics[f"{metric}_ci_low"] <= metrics[metric] + 1e-12).all(), metric
+        assert (metrics[metric] <= metrics[f"{metric}_ci_high"] + 1e-12).all(), metric
+    assert (metrics["n_seeds"] == 1).all() and (metrics["n_docs"] >= 1).all()
+    np.testing.assert_allclose(metrics["delta_ce"], metrics["spliced_loss"] - metrics["clean_loss"], atol=1e-5)
+    assert set(metrics.loc[metrics["strategy"] == "random", "family"]) == {"control"}
+    assert (metrics["kl"] >= 0).all() and (metrics["validation_fvu"] > 0).all()
+    assert len(list((evals / "runs").rglob("*.per_doc.parquet"))) == len(runs)
+    compared = pd.read_csv(evals / "comparisons.csv")
+    assert {"GSAE", "control"} <= set(compared["reference"])
+    assert (compared["ci_low"] <= compared["ci_high"]).all()
     tail = pd.read_csv(evals / "tail_tokens.csv")
     assert len(tail) > 0 and (tail["ratio"] >= 2.0).all()  # the test config's min_ratio
     assert (metrics["tail_concepts"] == len(tail)).all()
     summary = (evals / "summary.md").read_text()
     assert "FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2" in summary and "Best SSAE" in summary
+    assert "vs control" in summary and "95% CI of the difference" in summary
     assert (evals / "pareto.png").stat().st_size > 10_000 and (evals / "comparison.png").stat().st_size > 10_000
     assert "## Latent" in (evals / "top_latents.md").read_text()
 
@@ -246,6 +259,14 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "train_bios_ssae": 1,  # finetuned with the largest tilt
             },
         ),
+        # The validation/test split: what is measured on test, not the tail concepts or top latents.
+        (
+            "evaluation.validation_fraction",
+            0.4,
+            {"eval_baselines": 1, "evaluate_sae": 2 + SSAES, "evaluation_report": 1},
+        ),
+        # The bootstrap: the overview only.
+        ("evaluation.bootstrap_samples", 200, {"evaluation_report": 1}),
         # A tail-concept parameter: evaluation only, no training.
         (
             "evaluation.tail.min_ratio",
