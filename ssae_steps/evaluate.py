@@ -263,6 +263,24 @@ def _log_probs(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1)
 
 
+def _score_row(
+    model: Any, clean: torch.Tensor, spliced: torch.Tensor | None, target: torch.Tensor, chunk: int = 32
+) -> tuple[float, float, float]:
+    """Summed clean and spliced cross-entropy and KL(clean || spliced) of one window's
+    positions, ``chunk`` positions at a time: logits over a 262k vocabulary for a whole
+    batch, or even a whole window, would take too much memory."""
+    clean_ce = spliced_ce = kl = 0.0
+    for start in range(0, len(target), chunk):
+        t = target[start : start + chunk, None]
+        clean_lp = _log_probs(model, clean[start : start + chunk])
+        clean_ce -= float(clean_lp.gather(1, t).sum())
+        if spliced is not None:
+            spliced_lp = _log_probs(model, spliced[start : start + chunk])
+            spliced_ce -= float(spliced_lp.gather(1, t).sum())
+            kl += float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())
+    return clean_ce, spliced_ce, kl
+
+
 @torch.no_grad()
 def window_losses(
     model: Any,
@@ -294,32 +312,29 @@ def window_losses(
         out = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         return out.last_hidden_state
 
-    keys = ["tokens", "clean_ce"] + (["spliced_ce", "kl"] if replace is not None else [])
-    out = {key: np.zeros(len(windows)) for key in keys}
+    out = {key: np.zeros(len(windows)) for key in ("tokens", "clean_ce", "spliced_ce", "kl")}
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))  # little padding
     handle = decoder_blocks(model)[layer].register_forward_hook(hook) if replace is not None else None
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             ids, mask = padded_batch([windows[i] for i in batch], bos, pad)
-            clean = final_hidden(ids, mask)
+            clean, spliced = final_hidden(ids, mask), None
             if replace is not None:
                 splicing = True
                 spliced = final_hidden(ids, mask)
                 splicing = False
             for row, (i, n) in enumerate(zip(batch, mask.sum(1).tolist(), strict=True)):
-                # Row by row: the logits of a whole batch over a 262k vocabulary would not fit.
-                target = ids[row, 1:n].to(device)[:, None]
-                clean_lp = _log_probs(model, clean[row, : n - 1])
+                target = ids[row, 1:n].to(device)
+                row_spliced = None if spliced is None else spliced[row, : n - 1]
+                scores = _score_row(model, clean[row, : n - 1], row_spliced, target)
                 out["tokens"][i] = n - 1
-                out["clean_ce"][i] = -float(clean_lp.gather(1, target).sum())
-                if replace is not None:
-                    spliced_lp = _log_probs(model, spliced[row, : n - 1])
-                    out["spliced_ce"][i] = -float(spliced_lp.gather(1, target).sum())
-                    out["kl"][i] = float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())
+                out["clean_ce"][i], out["spliced_ce"][i], out["kl"][i] = scores
     finally:
         if handle is not None:
             handle.remove()
+    if replace is None:
+        del out["spliced_ce"], out["kl"]
     return out
 
 
