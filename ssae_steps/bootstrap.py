@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 LEVEL = 0.95
+MIN_DOCS = 5
+"""Fewer documents give no interval (NaN bounds): a percentile bootstrap over a handful of
+documents is far too narrow, and over one document it is a single point."""
 Metric = Callable[[np.ndarray], np.ndarray]
 
 
@@ -67,10 +70,13 @@ def fvu_metric(sq_err: np.ndarray, tokens: np.ndarray, sum_x: np.ndarray, sum_sq
 
 
 def interval(metric: Metric, n_docs: int, samples: int, seed: int, level: float = LEVEL) -> Interval:
-    """The metric with its percentile bootstrap interval over ``n_docs`` documents."""
+    """The metric with its percentile bootstrap interval over ``n_docs`` documents (NaN
+    bounds below :data:`MIN_DOCS`)."""
     if n_docs < 1:
         return Interval(float("nan"), float("nan"), float("nan"))
     estimate = float(metric(np.ones((1, n_docs)))[0])
+    if n_docs < MIN_DOCS:
+        return Interval(estimate, float("nan"), float("nan"))
     draws = metric(resample_weights(n_docs, samples, seed))
     if np.isnan(draws).all():
         return Interval(estimate, float("nan"), float("nan"))

@@ -26,7 +26,7 @@ import numpy as np
 from ssae_steps._cli import save_figure
 from ssae_steps._config import run_stage
 from ssae_steps._io import atomic_path, write_text
-from ssae_steps.bootstrap import LEVEL, interval, paired_difference
+from ssae_steps.bootstrap import LEVEL, MIN_DOCS, interval, paired_difference
 from ssae_steps.evaluate import doc_metrics, per_doc_path, read_per_doc
 
 log = logging.getLogger("ssae.evaluation_report")
@@ -186,6 +186,8 @@ def _clause(row: Any) -> str:
     name, unit = COMPARED[row["metric"]]
     ci = f"{PCT}% CI of the difference {row['ci_low']:+.4f} to {row['ci_high']:+.4f}"
     values = f"{row['value']:.4f} vs {row['reference_value']:.4f}{unit}"
+    if math.isnan(row["ci_low"]):
+        return f"{name} {values}: no interval ({row['n_docs']} test documents, fewer than {MIN_DOCS})"
     if row["finding"]:
         direction = "lower" if row["difference"] < 0 else "higher"
         return f"{name} {values}, {direction} by {abs(row['difference']):.4f} ({ci})"

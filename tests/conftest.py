@@ -102,7 +102,7 @@ def pipeline_config(
             "shard_tokens": 1500,
             "dtype": "float32",
             "max_train_tokens": 4000,
-            "max_heldout_tokens": 1000,
+            "max_heldout_tokens": 3000,  # enough held-out documents for validation and test parts
         },
         "training": {
             "sae": {"d_sae": 128, "k": 8},

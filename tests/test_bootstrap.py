@@ -81,3 +81,5 @@ def test_interval_is_seeded_and_nan_safe() -> None:
     assert interval(metric, 10, 200, seed=3) != interval(metric, 10, 200, seed=4)
     empty = interval(ratio(np.zeros(10), np.zeros(10)), 10, 200, seed=0)
     assert np.isnan(empty.estimate) and np.isnan(empty.low)
+    few = interval(ratio(np.arange(3.0), np.ones(3)), 3, 200, seed=0)  # below MIN_DOCS: no interval
+    assert few.estimate == 1.0 and np.isnan(few.low) and np.isnan(few.high) and not few.excludes_zero()
