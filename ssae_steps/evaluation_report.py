@@ -206,6 +206,8 @@ def comparison_sentences(table: Any, compared: Any) -> list[str]:
 
 
 def _ci(row: Any, metric: str) -> str:
+    if math.isnan(row[f"{metric}_ci_low"]):
+        return f"{row[metric]:.4f} [no interval]"
     return f"{row[metric]:.4f} [{row[f'{metric}_ci_low']:.4f}, {row[f'{metric}_ci_high']:.4f}]"
 
 
