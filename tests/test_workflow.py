@@ -215,9 +215,9 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "select_data": 1,
                 "compare_selection": 1,
                 "cache_selected_activations": 1,
-                "train_ssae": 2 * 2 + 1,
+                "train_ssae": 2 + 1,  # the dense SSAEs: finetune and scratch, + the k sweep's
                 "training_report": 1,
-                "evaluate_sae": 2 * 2 + 1,
+                "evaluate_sae": 2 + 1,
                 **EVAL_REPORTS,
             },
         ),
