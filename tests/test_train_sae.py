@@ -501,26 +501,49 @@ def test_auxk_loss_is_scaled_by_the_dead_fraction(monkeypatch) -> None:
 
 
 def test_signum_saves_the_schedule_free_average(tmp_path: Path) -> None:
-    """Schedule-free signum trains at y and saves x, the schedule-free average: the
-    evaluation weights equal ScheduleFreeWrapper.eval()'s, and the saved SAE is them (its
-    decoder rows, unlike the renormalised training rows, are not exactly unit norm)."""
+    """Schedule-free signum trains at y and saves x, the schedule-free average. The fused
+    optimiser takes the steps of schedulefree's ScheduleFreeWrapper around SignSGD (as
+    sparsify trains), including with a changing learning rate; the evaluation weights
+    equal the wrapper's eval(); the saved SAE is them (its decoder rows, unlike the
+    renormalised training rows, are not exactly unit norm)."""
     from schedulefree import ScheduleFreeWrapper
+
+    class SignSGD(torch.optim.Optimizer):  # sparsify's sign_sgd.py
+        def __init__(self, params, lr: float) -> None:
+            super().__init__(params, {"lr": lr})
+
+        @torch.no_grad()
+        def step(self, closure=None) -> None:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad.sign(), alpha=-group["lr"])
 
     acts, _ = planted(1000, 0.0)
     x = torch.from_numpy(acts)
     cfg = TrainConfig(sae=SAEConfig(d_in=24, d_sae=32, k=3), optimizer="signum")
-    sae = SparseAutoencoder(cfg.sae)
+    sae, reference = SparseAutoencoder(cfg.sae), SparseAutoencoder(cfg.sae)
+    with torch.no_grad():  # the wrapper swaps through byte views (unit last stride); W_enc is a transpose
+        for p in [*sae.parameters(), *reference.parameters()]:
+            p.data = p.data.contiguous()
     optimizer = train_module._optimizer(cfg, sae, 0.01)
-    assert isinstance(optimizer, ScheduleFreeWrapper) and optimizer.momentum == 0.95 and optimizer.train_mode
-    for batch in x.split(250):
-        optimizer.zero_grad()
-        _step_losses(sae, batch, cfg, torch.zeros(32, dtype=torch.long))[0].backward()
-        optimizer.step()
+    wrapper = ScheduleFreeWrapper(SignSGD(reference.parameters(), lr=0.01), momentum=0.95)
+    wrapper.train()
+    for step, batch in enumerate(x.split(125)):
+        for model, opt in ((sae, optimizer), (reference, wrapper)):
+            opt.zero_grad()
+            _step_losses(model, batch, cfg, torch.zeros(32, dtype=torch.long))[0].backward()
+            for group in opt.param_groups:
+                group["lr"] = 0.01 * min(1.0, (step + 1) / 4)  # a warm-up: lr_max and weights change
+            opt.step()
+            model.normalize_decoder()
+        for name, tensor in sae.state_dict().items():
+            torch.testing.assert_close(tensor, reference.state_dict()[name], rtol=1e-6, atol=1e-7, msg=name)
     averaged = evaluation_sae(sae, optimizer)
     assert not torch.equal(averaged.W_dec, sae.W_dec)
-    optimizer.eval()
-    for name, tensor in sae.state_dict().items():
-        assert torch.equal(averaged.state_dict()[name], tensor), name
+    wrapper.eval()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(averaged.state_dict()[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
 
     manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
     last = {}
