@@ -1,9 +1,11 @@
 """Train a sparse autoencoder on cached activations: the general SAE from scratch, or a
 specialised SAE from scratch or by finetuning the general one, with Tilted ERM.
 
-Objective per batch: ``tilted_loss(l_i, tilt)`` over per-token reconstruction losses
-``l_i = ||x_i - x_hat_i||^2 / d_in`` (in normalised units) - ``tilt = 0`` is plain ERM -
-plus the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK,
+Objective per batch: ``tilted_loss(l_i, tilt, tilt_scale)`` over per-token
+reconstruction losses ``l_i = ||x_i - x_hat_i||^2 / d_in`` (in normalised units) - ``tilt =
+0`` is plain ERM; by default the tilt acts on ``l_i`` relative to the batch's mean loss, so
+a given t reweights tokens the same way at any loss scale (``sae.tilted_loss``) - plus
+the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK,
 BatchTopK and Matryoshka, the AuxK loss that teaches dead latents to model the residual
 (Gao et al. 2024). Matryoshka's ``l_i`` averages its prefixes' losses (see ``_step_losses``).
 
@@ -87,10 +89,30 @@ from ssae_steps._config import (
 )
 from ssae_steps._io import atomic_path, code_fingerprint, tree_digest, write_json
 from ssae_steps.activation_reader import ActivationShardReader
-from ssae_steps.sae import BATCH_TOPK, SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
+from ssae_steps.sae import (
+    BATCH_TOPK,
+    SAEConfig,
+    SparseAutoencoder,
+    load_sae,
+    save_sae,
+    tilt_weight_stats,
+    tilted_loss,
+)
 
 log = logging.getLogger("ssae.train_sae")
-LOG_FIELDS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_fraction", "aux_loss", "lr"]
+LOG_FIELDS = [
+    "step",
+    "tokens",
+    "loss",
+    "mse",
+    "fvu",
+    "l0",
+    "dead_fraction",
+    "aux_loss",
+    "tilt_ess",
+    "tilt_top1_share",
+    "lr",
+]
 
 BASE_LR = {"adam": 2e-4, "signum": 5e-3}
 """sparsify's (1.3.3, ``trainer.py``) base learning rates at 2**14 latents."""
@@ -107,7 +129,13 @@ class TrainConfig:
     init: Literal["scratch", "finetune"] = "scratch"
     """scratch: random init; finetune: start from the SAE given as ``init_from``."""
     tilt: float = 0.0
-    """Tilted ERM temperature t; 0 is plain ERM."""
+    """Tilted ERM temperature t; 0 is plain ERM. Applies to the reconstruction term only
+    (not to the sparsity or AuxK terms), for every architecture."""
+    tilt_scale: Literal["batch_mean", "none"] = "batch_mean"
+    """batch_mean: tilt each token's loss relative to the batch's (detached) mean loss, so
+    that t means the same reweighting whatever the loss scale (a token at r times the mean
+    gets weight proportional to exp(t r)); none: tilt the raw losses, as Li et al. write
+    TERM (then t's effect depends on the units of the loss)."""
     lr: float | None = None
     """Peak learning rate; None: sparsify's width rule ``base / sqrt(d_sae / 2**14)`` with
     the optimiser's base (:data:`BASE_LR`: Adam 2e-4, signum 5e-3)."""
@@ -400,7 +428,7 @@ def _step_losses(
     full = (recon - xn).square().sum(-1) / cfg.sae.d_in
     if per_token is None:
         per_token = full
-    recon_loss = tilted_loss(per_token, cfg.tilt)
+    recon_loss = tilted_loss(per_token, cfg.tilt, cfg.tilt_scale)
     loss = recon_loss + sparsity + cfg.aux_coefficient * aux
     with torch.no_grad():
         mse = float(full.mean())
@@ -411,6 +439,7 @@ def _step_losses(
         "fvu": mse / max(variance, 1e-12),
         "l0": l0,
         "aux_loss": float(aux.detach()),
+        **tilt_weight_stats(per_token, cfg.tilt, cfg.tilt_scale),
     }
     return loss, stats, fired
 
