@@ -234,7 +234,8 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "eval_baselines": 1,
             },
         ),
-        # A new tilt: only the SSAEs with that tilt, their evaluations and the overviews.
+        # A new tilt: only the SSAEs with that tilt, their evaluations and the overviews;
+        # not the biography SSAE (its tilt is debias.ssae_tilt).
         (
             "training.ssae.tilts",
             [0.0, 3.0],
@@ -243,7 +244,6 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "training_report": 1,
                 "evaluate_sae": 4 * 2,
                 **EVAL_REPORTS,
-                "train_bios_ssae": 1,  # finetuned with the largest tilt
             },
         ),
         # A tail-concept parameter: evaluation only, no training.
