@@ -38,7 +38,7 @@ try:
     _retrieval = RetrievalConfig.from_dict(config["retrieval"])
     TRAINING_PLAN = TrainingPlan.from_dict(config["training"])
     EvaluationConfig.from_dict(config["evaluation"])
-    DEBIAS = DebiasConfig.from_dict({k: v for k, v in config["debias"].items() if k != "enabled"})
+    DebiasConfig.from_dict({k: v for k, v in config["debias"].items() if k != "enabled"})
     if TRAINING_PLAN.gsae.pretrained is not None:
         from ssae_steps.sae import load_sae
 
