@@ -405,11 +405,13 @@ def tilted_loss(per_token: torch.Tensor, tilt: float, scale: TiltScale = "batch_
     if tilt == 0:
         return per_token.mean()
     flat = per_token.reshape(-1)
-    log_n = math.log(flat.numel())
-    if scale == "none":
-        return (torch.logsumexp(tilt * flat, 0) - log_n) / tilt
-    m = flat.detach().mean().clamp_min(torch.finfo(flat.dtype).tiny)
-    return m * (torch.logsumexp(tilt * flat / m, 0) - log_n) / tilt
+    m = _tilt_unit(flat, scale)
+    return m * (torch.logsumexp(tilt * flat / m, 0) - math.log(flat.numel())) / tilt
+
+
+def _tilt_unit(flat: torch.Tensor, scale: TiltScale) -> torch.Tensor | float:
+    """What the losses are divided by before tilting: the batch's detached mean, or 1."""
+    return flat.detach().mean().clamp_min(torch.finfo(flat.dtype).tiny) if scale == "batch_mean" else 1.0
 
 
 @torch.no_grad()
@@ -420,9 +422,7 @@ def tilt_weight_stats(per_token: torch.Tensor, tilt: float, scale: TiltScale = "
     the weight of the top 1% of tokens (at least one; ERM: 0.01)."""
     flat = per_token.detach().reshape(-1).double()
     n = flat.numel()
-    if scale == "batch_mean":
-        flat = flat / flat.mean().clamp_min(torch.finfo(flat.dtype).tiny)
-    w = torch.softmax(tilt * flat, 0)
+    w = torch.softmax(tilt * flat / _tilt_unit(flat, scale), 0)
     top = max(1, math.ceil(n / 100))
     return {"tilt_ess": float(1 / (n * w.square().sum())), "tilt_top1_share": float(w.topk(top).values.sum())}
 

@@ -93,6 +93,7 @@ from ssae_steps.sae import (
     BATCH_TOPK,
     SAEConfig,
     SparseAutoencoder,
+    TiltScale,
     load_sae,
     save_sae,
     tilt_weight_stats,
@@ -131,7 +132,7 @@ class TrainConfig:
     tilt: float = 0.0
     """Tilted ERM temperature t; 0 is plain ERM. Applies to the reconstruction term only
     (not to the sparsity or AuxK terms), for every architecture."""
-    tilt_scale: Literal["batch_mean", "none"] = "batch_mean"
+    tilt_scale: TiltScale = "batch_mean"
     """batch_mean: tilt each token's loss relative to the batch's (detached) mean loss, so
     that t means the same reweighting whatever the loss scale (a token at r times the mean
     gets weight proportional to exp(t r)); none: tilt the raw losses, as Li et al. write
@@ -325,7 +326,7 @@ class ScheduleFreeSignSGD(torch.optim.Optimizer):
     train_mode = True  # what evaluation_sae and the schedule-free wrapper's API look for
 
     def __init__(self, params: Any, lr: float, momentum: float = 0.95, weight_lr_power: float = 2.0) -> None:
-        super().__init__(params, {"lr": lr, "k": 0, "lr_max": 0.0, "weight_sum": 0.0})
+        super().__init__(params, {"lr": lr, "lr_max": 0.0, "weight_sum": 0.0})
         self.momentum, self.weight_lr_power = momentum, weight_lr_power
 
     @torch.no_grad()
@@ -347,7 +348,6 @@ class ScheduleFreeSignSGD(torch.optim.Optimizer):
             torch._foreach_add_(z, signs, alpha=-group["lr"])
             torch._foreach_lerp_(params, z, weight / group["weight_sum"])
             torch._foreach_lerp_(params, z, 1 - self.momentum)
-            group["k"] += 1
 
 
 def _optimizer(cfg: TrainConfig, sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
