@@ -37,7 +37,7 @@ which recipe wins on this data):
   passes). Schedule-free keeps two iterates: training runs at ``y``, and the SAE that is
   saved (and handed to ``on_step`` for evaluation) holds the averaged evaluation weights
   ``x`` (:func:`evaluation_sae`; what ``ScheduleFreeWrapper.eval()`` sets). Checkpoints
-  hold ``y`` and the optimiser's state (``z``, step count, weight sum), so resuming is exact;
+  hold ``y`` and the optimiser's state (``z``, largest lr, weight sum), so resuming is exact;
 - decoder-gradient projection (``project_decoder_grad``): before each optimiser step
   the gradient of each decoder row loses its component along that row, as in sparsify's
   ``remove_gradient_parallel_to_decoder_directions`` and Gao et al.'s
