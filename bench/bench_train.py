@@ -35,7 +35,8 @@ Trainers (each in its own subprocess, so peak RSS - the child's VmHWM - is its o
   default constant schedule and AuxK). Its trainer leaves ``b_dec`` at zero; Gemma's
   residual stream has a large shared offset, so ``b_dec`` starts at the first batch's mean
   (as sparsify's trainer and ours do). Its learning rate is tuned: each of
-  ``SAELENS_LRS`` (its default 3e-4 times 1, 3, 9) trains on the first 25% of the tokens;
+  ``SAELENS_LRS`` (its default 3e-4 times 1, 3, 9, 27) trains on the first 25% of the tokens
+  (``--saelens-sweep-fraction``);
   the one with the lowest held-out FVU there trains the full run (printed). It is picked
   on the same held-out tokens that score the runs, which if anything favours SAELens.
 
@@ -76,7 +77,7 @@ from ssae_steps.train_sae import TrainConfig, evaluation_sae, input_scale_from, 
 D_SAE, K = 8192, 32
 BATCH = 4096  # --batch; set in main and in each child from its spec
 FRACTIONS = (0.25, 0.5, 1.0)
-SAELENS_LRS = (3e-4, 9e-4, 2.7e-3)
+SAELENS_LRS = (3e-4, 9e-4, 2.7e-3, 8.1e-3)
 # TrainConfig's recipe options, all on: warm-up and linear decay, decoder-gradient
 # projection, AuxK dead-fraction scale.
 FULL_RECIPE = {

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ssae_steps._cli import add_device_arguments, device_from, save_figure
-from ssae_steps._config import from_mapping, require_at_least, run_stage, to_mapping
+from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
 from ssae_steps._io import atomic_path, write_text
 from ssae_steps.bios import BiosConfig
 
@@ -64,9 +64,14 @@ class DebiasConfig:
     """L2 penalty of the logistic-regression probes (on standardised inputs)."""
     batch_size: int = 16
     """Documents per forward pass."""
+    ssae_tilt: float = 0.0
+    """Tilted ERM temperature of the biography SSAE (finetuned from the GSAE), set here
+    rather than taken from training.ssae.tilts, so that a tilt sweep leaves it alone."""
 
     def validate(self, where: str) -> None:
         require_at_least(where, 1, random_repeats=self.random_repeats, batch_size=self.batch_size)
+        if self.ssae_tilt < 0:
+            raise ConfigError(f"{where}.ssae_tilt: must be >= 0, got {self.ssae_tilt}")
         require_at_least(where, 1, **{f"n_latents[{i}]": n for i, n in enumerate(self.n_latents)})
 
     @classmethod

@@ -386,14 +386,45 @@ class SparseAutoencoder(nn.Module):
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
 
-def tilted_loss(per_token: torch.Tensor, tilt: float) -> torch.Tensor:
+TiltScale = Literal["batch_mean", "none"]
+
+
+def tilted_loss(per_token: torch.Tensor, tilt: float, scale: TiltScale = "batch_mean") -> torch.Tensor:
     """Tilted ERM (Li et al. 2021): ``(1/t) log mean exp(t * l_i)``, via log-sum-exp so it
-    is stable for any loss size; ``t = 0`` is the plain mean (the limit as t -> 0).
-    ``t > 0`` weighs badly reconstructed tokens more; t -> inf approaches the max."""
+    is stable for any loss size; ``t = 0`` is the plain mean (the limit as t -> 0). Its
+    gradient is ``sum_i w_i grad l_i`` with ``w = softmax(t * l)``: ``t > 0`` weighs badly
+    reconstructed tokens more, and t -> inf approaches the max.
+
+    ``scale="none"`` tilts the raw losses, so what a given t does depends on their units: at
+    a mean loss of 0.1, t = 2 moves a token's weight by a few percent. ``"batch_mean"``
+    (default) tilts ``l_i / m`` with ``m`` the batch's detached mean loss, and multiplies
+    back by ``m``: the loss is ``m * (1/t) log mean exp(t * l_i / m)``, its gradient
+    ``sum_i w_i grad l_i`` with ``w = softmax(t * l / m)``. A token at r times the mean
+    loss then gets weight proportional to ``exp(t * r)`` for any model, layer or SAE
+    quality, and the gradient keeps ERM's magnitude (uniform w at t -> 0)."""
     if tilt == 0:
         return per_token.mean()
-    n = per_token.numel()
-    return (torch.logsumexp(tilt * per_token.reshape(-1), 0) - math.log(n)) / tilt
+    flat = per_token.reshape(-1)
+    m = _tilt_unit(flat, scale)
+    return m * (torch.logsumexp(tilt * flat / m, 0) - math.log(flat.numel())) / tilt
+
+
+def _tilt_unit(flat: torch.Tensor, scale: TiltScale) -> torch.Tensor | float:
+    """What the losses are divided by before tilting: the batch's detached mean, or 1."""
+    return flat.detach().mean().clamp_min(torch.finfo(flat.dtype).tiny) if scale == "batch_mean" else 1.0
+
+
+@torch.no_grad()
+def tilt_weight_stats(per_token: torch.Tensor, tilt: float, scale: TiltScale = "batch_mean") -> dict[str, float]:
+    """How concentrated the tilted weights ``w`` of a batch are (see :func:`tilted_loss`):
+    ``tilt_ess`` = effective sample size as a fraction of the batch, ``1 / (n sum_i w_i^2)``
+    (1: ERM's uniform weights; 1/n: one token carries everything); ``tilt_top1_share`` =
+    the weight of the top 1% of tokens (at least one; ERM: 0.01)."""
+    flat = per_token.detach().reshape(-1).double()
+    n = flat.numel()
+    w = torch.softmax(tilt * flat / _tilt_unit(flat, scale), 0)
+    top = max(1, math.ceil(n / 100))
+    return {"tilt_ess": float(1 / (n * w.square().sum())), "tilt_top1_share": float(w.topk(top).values.sum())}
 
 
 def _folded_weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:

@@ -1,9 +1,11 @@
 """Train a sparse autoencoder on cached activations: the general SAE from scratch, or a
 specialised SAE from scratch or by finetuning the general one, with Tilted ERM.
 
-Objective per batch: ``tilted_loss(l_i, tilt)`` over per-token reconstruction losses
-``l_i = ||x_i - x_hat_i||^2 / d_in`` (in normalised units) - ``tilt = 0`` is plain ERM -
-plus the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK,
+Objective per batch: ``tilted_loss(l_i, tilt, tilt_scale)`` over per-token
+reconstruction losses ``l_i = ||x_i - x_hat_i||^2 / d_in`` (in normalised units) - ``tilt =
+0`` is plain ERM; by default the tilt acts on ``l_i`` relative to the batch's mean loss, so
+a given t reweights tokens the same way at any loss scale (``sae.tilted_loss``) - plus
+the architecture's sparsity term (L1 for ReLU, L0 for JumpReLU) and, for TopK,
 BatchTopK and Matryoshka, the AuxK loss that teaches dead latents to model the residual
 (Gao et al. 2024). Matryoshka's ``l_i`` averages its prefixes' losses (see ``_step_losses``).
 
@@ -29,12 +31,13 @@ which recipe wins on this data):
   the run's steps, then flat, then a ``linear`` or ``cosine`` decay to about 0 over the
   last ``decay_fraction`` (``none``: no decay); finetuning runs get their own schedule;
 - optimiser: ``adam`` (torch Adam, betas 0.9/0.999) or ``signum``, sparsify's default:
-  SignSGD (``p -= lr * sign(grad)``, sparsify ``sign_sgd.py``) inside the schedule-free
-  wrapper of the ``schedulefree`` package with momentum 0.95 (sparsify ``trainer.py``).
-  Schedule-free keeps two iterates: training runs at ``y``, and the SAE that is saved
-  (and handed to ``on_step`` for evaluation) holds the averaged evaluation weights ``x``
-  (:func:`evaluation_sae`; what ``ScheduleFreeWrapper.eval()`` sets). Checkpoints hold
-  ``y`` and the wrapper's state (``z``, step count, weight sum), so resuming is exact;
+  SignSGD (``p -= lr * sign(grad)``, sparsify ``sign_sgd.py``) made schedule-free with
+  momentum 0.95 (sparsify ``trainer.py``: ``ScheduleFreeWrapper(SignSGD)``), here fused
+  into one optimiser (:class:`ScheduleFreeSignSGD`, the same update in half the memory
+  passes). Schedule-free keeps two iterates: training runs at ``y``, and the SAE that is
+  saved (and handed to ``on_step`` for evaluation) holds the averaged evaluation weights
+  ``x`` (:func:`evaluation_sae`; what ``ScheduleFreeWrapper.eval()`` sets). Checkpoints
+  hold ``y`` and the optimiser's state (``z``, largest lr, weight sum), so resuming is exact;
 - decoder-gradient projection (``project_decoder_grad``): before each optimiser step
   the gradient of each decoder row loses its component along that row, as in sparsify's
   ``remove_gradient_parallel_to_decoder_directions`` and Gao et al.'s
@@ -86,10 +89,31 @@ from ssae_steps._config import (
 )
 from ssae_steps._io import atomic_path, code_fingerprint, tree_digest, write_json
 from ssae_steps.activation_reader import ActivationShardReader
-from ssae_steps.sae import BATCH_TOPK, SAEConfig, SparseAutoencoder, load_sae, save_sae, tilted_loss
+from ssae_steps.sae import (
+    BATCH_TOPK,
+    SAEConfig,
+    SparseAutoencoder,
+    TiltScale,
+    load_sae,
+    save_sae,
+    tilt_weight_stats,
+    tilted_loss,
+)
 
 log = logging.getLogger("ssae.train_sae")
-LOG_FIELDS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_fraction", "aux_loss", "lr"]
+LOG_FIELDS = [
+    "step",
+    "tokens",
+    "loss",
+    "mse",
+    "fvu",
+    "l0",
+    "dead_fraction",
+    "aux_loss",
+    "tilt_ess",
+    "tilt_top1_share",
+    "lr",
+]
 
 BASE_LR = {"adam": 2e-4, "signum": 5e-3}
 """sparsify's (1.3.3, ``trainer.py``) base learning rates at 2**14 latents."""
@@ -106,7 +130,13 @@ class TrainConfig:
     init: Literal["scratch", "finetune"] = "scratch"
     """scratch: random init; finetune: start from the SAE given as ``init_from``."""
     tilt: float = 0.0
-    """Tilted ERM temperature t; 0 is plain ERM."""
+    """Tilted ERM temperature t; 0 is plain ERM. Applies to the reconstruction term only
+    (not to the sparsity or AuxK terms), for every architecture."""
+    tilt_scale: TiltScale = "batch_mean"
+    """batch_mean: tilt each token's loss relative to the batch's (detached) mean loss, so
+    that t means the same reweighting whatever the loss scale (a token at r times the mean
+    gets weight proportional to exp(t r)); none: tilt the raw losses, as Li et al. write
+    TERM (then t's effect depends on the units of the loss)."""
     lr: float | None = None
     """Peak learning rate; None: sparsify's width rule ``base / sqrt(d_sae / 2**14)`` with
     the optimiser's base (:data:`BASE_LR`: Adam 2e-4, signum 5e-3)."""
@@ -280,34 +310,49 @@ def remove_parallel_decoder_grad(w_dec: torch.Tensor) -> None:
     grad.sub_(parallel * w_dec)
 
 
-class SignSGD(torch.optim.Optimizer):
-    """Steepest descent in the L-infinity norm, ``p -= lr * sign(grad)`` (sparsify's
-    ``sign_sgd.py``; Bernstein et al. 2018). Wrapped in schedule-free momentum it is
-    sparsify's default optimiser ("signum")."""
+class ScheduleFreeSignSGD(torch.optim.Optimizer):
+    """sparsify's default optimiser ("signum"): SignSGD (``z -= lr * sign(grad)``, sparsify
+    ``sign_sgd.py``; Bernstein et al. 2018) made schedule-free (Defazio et al. 2024), with
+    the update of ``schedulefree.ScheduleFreeWrapper(SignSGD, momentum)`` in five fused
+    passes instead of its ~ten (it swaps ``y`` and ``z`` through three byte-wise XORs
+    either side of the inner step, and allocates the signs).
 
-    def __init__(self, params: Any, lr: float) -> None:
-        super().__init__(params, {"lr": lr})
+    Parameters hold the training iterate ``y``; ``state[p]["z"]`` the SignSGD iterate; the
+    average ``x`` (the weights to evaluate and save) is ``y + (1 - 1/momentum) (z - y)``
+    (:func:`evaluation_sae`). One step, with ``c = lr_max^2 / sum of lr_max^2`` over steps:
+    ``x = lerp(y, z, 1 - 1/momentum)``; ``z -= lr sign(grad)``; ``x = lerp(x, z, c)``;
+    ``y = lerp(x, z, 1 - momentum)``. The signs overwrite the gradients."""
+
+    train_mode = True  # what evaluation_sae and the schedule-free wrapper's API look for
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.95, weight_lr_power: float = 2.0) -> None:
+        super().__init__(params, {"lr": lr, "lr_max": 0.0, "weight_sum": 0.0})
+        self.momentum, self.weight_lr_power = momentum, weight_lr_power
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad.sign(), alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if "z" not in self.state[p]:
+                    self.state[p]["z"] = p.detach().clone()
+            z = [self.state[p]["z"] for p in params]
+            group["lr_max"] = max(group["lr"], group["lr_max"])
+            weight = group["lr_max"] ** self.weight_lr_power
+            group["weight_sum"] += weight
+            torch._foreach_lerp_(params, z, 1 - 1 / self.momentum)
+            signs = [p.grad for p in params]
+            torch._foreach_sign_(signs)
+            torch._foreach_add_(z, signs, alpha=-group["lr"])
+            torch._foreach_lerp_(params, z, weight / group["weight_sum"])
+            torch._foreach_lerp_(params, z, 1 - self.momentum)
 
 
-def _optimizer(cfg: TrainConfig, sae: SparseAutoencoder, lr: float) -> Any:
+def _optimizer(cfg: TrainConfig, sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
     if cfg.optimizer == "signum":
-        from schedulefree import ScheduleFreeWrapper
-
-        # The wrapper swaps y and z through byte views, which need a unit last stride;
-        # W_enc starts as a transposed copy of W_dec. Same values, contiguous layout.
-        with torch.no_grad():
-            for p in sae.parameters():
-                p.data = p.data.contiguous()
-        optimizer = ScheduleFreeWrapper(SignSGD(sae.parameters(), lr=lr), momentum=SIGNUM_MOMENTUM)
-        optimizer.train()  # parameters hold the training iterate y from here on
-        return optimizer
+        return ScheduleFreeSignSGD(sae.parameters(), lr=lr, momentum=SIGNUM_MOMENTUM)
     return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
 
 
@@ -316,7 +361,7 @@ def evaluation_sae(sae: SparseAutoencoder, optimizer: Any) -> SparseAutoencoder:
     """The SAE to save or evaluate: ``sae`` itself for Adam; for schedule-free signum a
     copy holding the averaged iterate ``x = y + (1 - 1/momentum) (z - y)`` (the same
     ``lerp`` as ``ScheduleFreeWrapper.eval()``, on a copy, so training goes on untouched)."""
-    if not hasattr(optimizer, "train_mode"):
+    if not hasattr(optimizer, "train_mode"):  # also takes a schedulefree wrapper (the bench's sparsify)
         return sae
     out = copy.deepcopy(sae)
     for p, q in zip(sae.parameters(), out.parameters(), strict=True):
@@ -383,7 +428,7 @@ def _step_losses(
     full = (recon - xn).square().sum(-1) / cfg.sae.d_in
     if per_token is None:
         per_token = full
-    recon_loss = tilted_loss(per_token, cfg.tilt)
+    recon_loss = tilted_loss(per_token, cfg.tilt, cfg.tilt_scale)
     loss = recon_loss + sparsity + cfg.aux_coefficient * aux
     with torch.no_grad():
         mse = float(full.mean())
@@ -394,6 +439,7 @@ def _step_losses(
         "fvu": mse / max(variance, 1e-12),
         "l0": l0,
         "aux_loss": float(aux.detach()),
+        **tilt_weight_stats(per_token, cfg.tilt, cfg.tilt_scale),
     }
     return loss, stats, fired
 

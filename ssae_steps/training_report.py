@@ -1,5 +1,6 @@
 """Training overview: one table of every SAE run's final numbers and one figure of the
-training curves (FVU and dead-latent fraction against tokens seen)."""
+training curves (FVU, dead-latent fraction and, for Tilted ERM runs, the effective sample
+size of the tilted token weights, against tokens seen)."""
 
 from __future__ import annotations
 
@@ -43,19 +44,36 @@ def training_report(runs: dict[str, str], out_table: str | Path, out_plot: str |
                 "train_fvu": final.get("fvu"),
                 "train_l0": final.get("l0"),
                 "dead_fraction": final.get("dead_fraction"),
+                "tilt_scale": run_cfg.get("tilt_scale"),
+                # Means over the logged steps: how concentrated the tilted weights were.
+                "tilt_ess": curve["tilt_ess"].mean() if "tilt_ess" in curve else None,
+                "tilt_top1_share": curve["tilt_top1_share"].mean() if "tilt_top1_share" in curve else None,
             }
         )
     table = pd.DataFrame(rows)
     with atomic_path(out_table) as tmp:
         table.to_csv(tmp, index=False)
 
-    fig, (ax_fvu, ax_dead) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax_fvu, ax_dead, ax_ess) = plt.subplots(1, 3, figsize=(18, 4.8))
+    tilted = {row["run"] for row in rows if row["tilt"]}
     for name, curve in curves.items():
         if curve.empty:  # an imported (pretrained) GSAE has no curve
             continue
         style = "-" if name.startswith("gsae") else "--" if "scratch" in name else ":"
         ax_fvu.plot(curve["tokens"], curve["fvu"], style, label=name, linewidth=1.3)
         ax_dead.plot(curve["tokens"], curve["dead_fraction"], style, label=name, linewidth=1.3)
+        if name in tilted and "tilt_ess" in curve:
+            ax_ess.plot(curve["tokens"], curve["tilt_ess"], style, label=name, linewidth=1.3)
+    ax_ess.set_xlabel("tokens seen")
+    ax_ess.set_ylabel("effective sample size / batch")
+    ax_ess.set_title("Tilted ERM: ESS of the token weights (1 = plain ERM)", fontsize=9)
+    if tilted:
+        ax_ess.set_yscale("log")
+        ax_ess.legend(fontsize=6, loc="lower right")
+    else:
+        ax_ess.text(
+            0.5, 0.5, "no tilted runs (training.ssae.tilts)", ha="center", va="center", transform=ax_ess.transAxes
+        )
     ax_fvu.set_yscale("log")
     ax_fvu.set_xlabel("tokens seen")
     ax_fvu.set_ylabel("training-batch FVU")

@@ -235,7 +235,7 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "select_data": 1,
                 "compare_selection": 1,
                 "cache_selected_activations": 1,
-                "train_ssae": 2 + 1,  # dense: both inits (tilt 0) and the k sweep
+                "train_ssae": 2 + 1,  # the dense SSAEs: finetune and scratch, + the k sweep's
                 "training_report": 1,
                 "evaluate_sae": 2 + 1,
                 **EVAL_REPORTS,
@@ -254,7 +254,8 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "eval_baselines": 1,
             },
         ),
-        # A new tilt: only the SSAEs with that tilt, their evaluations and the overviews.
+        # A new tilt: only the SSAEs with that tilt, their evaluations and the overviews;
+        # not the biography SSAE (its tilt is debias.ssae_tilt).
         (
             "training.ssae.tilts",
             [0.0, 3.0],
@@ -263,7 +264,6 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "training_report": 1,
                 "evaluate_sae": 4 * 2,
                 **EVAL_REPORTS,
-                "train_bios_ssae": 1,  # finetuned with the largest tilt
             },
         ),
         # The validation/test split: what is measured on test, not the tail concepts or top latents.

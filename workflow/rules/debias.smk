@@ -70,7 +70,7 @@ rule train_bios_ssae:
     params:
         cfg=as_json(SSAE_PARAMS),
         seed=config["seed"],
-        tilt=max(TRAINING_PLAN.ssae.tilts),
+        tilt=DEBIAS["ssae_tilt"],
         device=DEVICE,
         code=code_version(*TRAIN_CODE),
     threads: 2
