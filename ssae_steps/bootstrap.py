@@ -10,6 +10,11 @@ as on the full set, with the resample's own totals and mean.
 
 A paired comparison applies the *same* weights to both SAEs' per-document statistics, so
 the variation between documents that both SAEs share cancels in the difference.
+
+With several training seeds the bootstrap is two-level: each resample draws the seeds with
+replacement as well as the documents, and averages the metric over the drawn seeds, so the
+interval covers both the test text and training randomness. With one seed it is the
+document bootstrap above.
 """
 
 from __future__ import annotations
@@ -72,12 +77,26 @@ def fvu_metric(sq_err: np.ndarray, tokens: np.ndarray, sum_x: np.ndarray, sum_sq
 def interval(metric: Metric, n_docs: int, samples: int, seed: int, level: float = LEVEL) -> Interval:
     """The metric with its percentile bootstrap interval over ``n_docs`` documents (NaN
     bounds below :data:`MIN_DOCS`)."""
-    if n_docs < 1:
+    return seed_interval([metric], n_docs, samples, seed, level)
+
+
+def seed_interval(metrics: list[Metric], n_docs: int, samples: int, seed: int, level: float = LEVEL) -> Interval:
+    """The mean over training seeds of a metric (one function per seed, all on the same
+    documents) with its two-level percentile bootstrap interval: seeds and documents both
+    resampled. One seed gives :func:`interval`'s document bootstrap."""
+    if n_docs < 1 or not metrics:
         return Interval(float("nan"), float("nan"), float("nan"))
-    estimate = float(metric(np.ones((1, n_docs)))[0])
+    ones = np.ones((1, n_docs))
+    estimate = float(np.mean([m(ones)[0] for m in metrics]))
     if n_docs < MIN_DOCS:
         return Interval(estimate, float("nan"), float("nan"))
-    draws = metric(resample_weights(n_docs, samples, seed))
+    weights = resample_weights(n_docs, samples, seed)
+    per_seed = np.stack([m(weights) for m in metrics])  # [seeds, samples]
+    if len(metrics) == 1:
+        draws = per_seed[0]
+    else:
+        picks = np.random.default_rng([seed, len(metrics)]).integers(0, len(metrics), (samples, len(metrics)))
+        draws = per_seed[picks, np.arange(samples)[:, None]].mean(axis=1)
     if np.isnan(draws).all():
         return Interval(estimate, float("nan"), float("nan"))
     tail = 100 * (1 - level) / 2
@@ -91,3 +110,11 @@ def paired_difference(
     """``a - b`` with its interval, both metrics on the same resampled documents (the
     per-document statistics of ``a`` and ``b`` must list the documents in the same order)."""
     return interval(lambda w: metric_a(w) - metric_b(w), n_docs, samples, seed, level)
+
+
+def paired_seed_difference(
+    pairs: list[tuple[Metric, Metric]], n_docs: int, samples: int, seed: int, level: float = LEVEL
+) -> Interval:
+    """Mean over seed pairs ``(a_s, b_s)`` of ``a_s - b_s`` with its two-level interval:
+    pairs resampled, documents resampled jointly for both sides."""
+    return seed_interval([lambda w, a=a, b=b: a(w) - b(w) for a, b in pairs], n_docs, samples, seed, level)

@@ -50,7 +50,7 @@ from ssae_steps.activation_reader import load_activation_set
 from ssae_steps.bootstrap import Metric, fvu_metric, ratio
 from ssae_steps.heldout_split import in_test_part
 from ssae_steps.sae import SparseAutoencoder, load_sae
-from ssae_steps.tail_concepts import TailConfig, concept_detection, tail_recall
+from ssae_steps.tail_concepts import TailConfig, concept_detection, read_token_types, tail_recall
 
 log = logging.getLogger("ssae.evaluate")
 LOSS_COLUMNS = ["loss_tokens", "clean_ce", "spliced_ce", "kl"]
@@ -408,26 +408,58 @@ def _loss_by_doc(stats: dict[str, np.ndarray], windows: list[tuple[str, list[int
         stats[column] = np.bincount(index, weights=losses[key], minlength=len(stats["doc_id"]))
 
 
+def _pooled(parts: list[tuple[np.ndarray, RowReconstruction]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows, latents, tokens, offset = [], [], [], 0
+    for token_ids, recon in parts:
+        rows.append(recon.active_rows + offset)
+        latents.append(recon.active_latents)
+        tokens.append(token_ids)
+        offset += len(token_ids)
+    return np.concatenate(rows), np.concatenate(latents), np.concatenate(tokens)
+
+
+def _detections(
+    parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]], concepts: list[int], d_sae: int, chunk: int = 256
+) -> list[dict[str, Any]]:
+    """Each concept's latent chosen on the validation rows of all sets, scored on the test
+    rows (``chunk`` concepts at a time: the counts are a concepts x d_sae matrix)."""
+    validation, test = _pooled(parts["validation"]), _pooled(parts["test"])
+    out = []
+    for start in range(0, len(concepts), chunk):
+        part = concepts[start : start + chunk]
+        chosen = concept_detection(*validation, part, d_sae)
+        scored = concept_detection(*test, part, d_sae, latents=[d["latent"] for d in chosen])
+        out += [
+            {**t, "validation_f1": v["f1"], "validation_support": v["support"]}
+            for v, t in zip(chosen, scored, strict=True)
+        ]
+    return out
+
+
+def _type_detection(
+    parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]],
+    types: list[int],
+    frequencies: np.ndarray,
+    d_sae: int,
+    threshold: float,
+) -> dict[str, list]:
+    """Every evaluable subdomain token type: its general-pool frequency, test F1 of its
+    validation-chosen latent, and whether that captures it (F1 >= ``threshold``)."""
+    found = _detections(parts, types, d_sae)
+    keep = [i for i, d in enumerate(found) if d["support"] and d["validation_support"]]
+    return {
+        "token_id": [types[i] for i in keep],
+        "general_frequency": [float(frequencies[i]) for i in keep],
+        "f1": [found[i]["f1"] for i in keep],
+        "captured": [found[i]["f1"] >= threshold for i in keep],
+    }
+
+
 def _tail_detection(
     parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]], concepts: list[int], d_sae: int, threshold: float
 ) -> dict[str, Any]:
     """Each concept's latent chosen on the validation rows of all sets, scored on the test rows."""
-
-    def pooled(part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows, latents, tokens, offset = [], [], [], 0
-        for token_ids, recon in parts[part]:
-            rows.append(recon.active_rows + offset)
-            latents.append(recon.active_latents)
-            tokens.append(token_ids)
-            offset += len(token_ids)
-        return np.concatenate(rows), np.concatenate(latents), np.concatenate(tokens)
-
-    chosen = concept_detection(*pooled("validation"), concepts, d_sae)
-    scored = concept_detection(*pooled("test"), concepts, d_sae, latents=[d["latent"] for d in chosen])
-    detections = [
-        {**test, "validation_f1": val["f1"], "validation_support": val["support"]}
-        for val, test in zip(chosen, scored, strict=True)
-    ]
+    detections = _detections(parts, concepts, d_sae)
     evaluable = [d for d in detections if d["support"] and d["validation_support"]]
     return {
         "concepts": len(concepts),
@@ -448,6 +480,7 @@ def evaluate_sae(
     device: str,
     per_doc_out: str | Path,
     seed: int = 0,
+    types_table: str | Path | None = None,
 ) -> dict[str, Any]:
     """All metrics of one SAE on the test part of every evaluation set (validation FVU and
     L0 beside them), its tail-concept detection on the sets together, and the per-document
@@ -460,10 +493,15 @@ def evaluate_sae(
     result: dict[str, Any] = {"sae": str(sae_dir), "sets": {}}
     tail_parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]] = {"validation": [], "test": []}
     per_set = {}
+    # Dead latents over every held-out token of every set (not a choice, so validation
+    # rows count too): a latent firing once per 10k tokens is not called dead over 70k.
+    fired, heldout_tokens = np.zeros(sae.cfg.d_sae, dtype=bool), 0
     for name, manifest_path in sets.items():
         held = load_heldout(manifest_path, name, cfg, seed)
         acts, test = held.rows["activation"], held.test
         recon = reconstruct_rows(sae, acts)
+        fired[recon.active_latents] = True
+        heldout_tokens += len(acts)
         tail_mask = np.isin(held.rows["token_id"], concepts)
         metrics = set_metrics(acts[test], recon.subset(test), sae.cfg.d_sae, tail_mask[test], cfg.dense_threshold)
         validation = recon.subset(~test)
@@ -506,7 +544,11 @@ def evaluate_sae(
             metrics["delta_ce"],
             metrics["kl"],
         )
+    result["dead"] = {"fraction": float(1 - fired.mean()), "tokens": heldout_tokens}
     result["tail"] = _tail_detection(tail_parts, concepts, sae.cfg.d_sae, cfg.tail.detection_f1)
+    if types_table is not None:
+        types, frequencies = read_token_types(types_table)
+        result["types"] = _type_detection(tail_parts, types, frequencies, sae.cfg.d_sae, cfg.tail.detection_f1)
     result["config"] = to_mapping(cfg)
     write_per_doc(per_doc_out, per_set)
     return result
@@ -532,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="which test windows are scored")
     parser.add_argument("--sae-dir")
     parser.add_argument("--tail-table")
+    parser.add_argument("--types-table", help="token types of the recall-vs-frequency curve (tail_concepts)")
     parser.add_argument("--out", required=True, help="the metrics JSON; per-document sums go beside it")
     add_device_arguments(parser)
     args = parser.parse_args(argv)
@@ -553,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                 device,
                 per_doc_path(args.out),
                 args.seed,
+                args.types_table,
             )
         write_json(args.out, out)
 

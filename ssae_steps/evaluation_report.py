@@ -1,5 +1,5 @@
 """Evaluation overview: the metrics table of every SAE on every held-out set (test part,
-with 95% bootstrap intervals over test documents), paired comparisons (each SSAE vs the
+with 95% bootstrap intervals over test documents and training seeds), paired comparisons (each SSAE vs the
 GSAE and vs the matched-compute control), Pareto plots, a comparison plot and a Markdown
 summary whose findings are computed from the tables (whichever way they come out).
 
@@ -7,6 +7,11 @@ The ``random`` strategy's SSAE - the GSAE finetuned for the same steps and token
 general pool text with no seed documents - is the matched-compute control, labelled
 ``control``. A difference is stated as a finding only when its paired interval excludes
 zero; otherwise the summary says "no clear difference", with the interval either way.
+
+Runs that differ only in their training seed (``gsae/k32``, ``gsae/k32-s1``, ...) form one
+row of ``metrics.csv``: the mean over seeds, a two-level bootstrap interval (seeds and test
+documents resampled) and ``n_seeds``; ``metrics_by_seed.csv`` keeps every run's own row.
+Comparisons pair seed s of one SAE with seed s of the other.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ import numpy as np
 from ssae_steps._cli import save_figure
 from ssae_steps._config import run_stage
 from ssae_steps._io import atomic_path, write_text
-from ssae_steps.bootstrap import LEVEL, MIN_DOCS, interval, paired_difference
+from ssae_steps.bootstrap import LEVEL, MIN_DOCS, paired_seed_difference, ratio, seed_interval
 from ssae_steps.evaluate import doc_metrics, per_doc_path, read_per_doc
 
 log = logging.getLogger("ssae.evaluation_report")
-RUN_NAME = re.compile(r"^(?:gsae/k(?P<gk>\d+)|ssae/(?P<strategy>\w+)/(?P<init>\w+)-t(?P<tilt>[0-9.e+-]+)-k(?P<k>\d+))$")
+RUN_NAME = re.compile(
+    r"^(?P<base>gsae/k(?P<gk>\d+)|ssae/(?P<strategy>\w+)/(?P<init>\w+)-t(?P<tilt>[0-9.e+-]+)-k(?P<k>\d+))"
+    r"(?P<seed>-s\d+)?$"
+)
 FVU_FORMULA = "FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2"
 CONTROL_STRATEGY = "random"
 INTERVAL_METRICS = ["fvu", "delta_ce", "kl", "spliced_loss", "l0"]
@@ -46,7 +54,7 @@ class Bootstrap:
 
 def parse_run(name: str) -> dict[str, Any]:
     """``gsae/k32`` or ``ssae/dense/finetune-t2-k32`` -> its parts; the ``random`` strategy's
-    SSAE is the ``control`` family."""
+    SSAE is the ``control`` family. A training seed's suffix (``-s1``) is left out."""
     m = RUN_NAME.match(name)
     if m is None:
         raise ValueError(f"unrecognised SAE run name {name!r}")
@@ -70,55 +78,113 @@ def _labels(parts: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def seed_groups(names: list[str]) -> dict[str, list[str]]:
+    """``run -> the runs of its seeds``, in order of first appearance; within a group the
+    run without a seed suffix first, then by seed."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        m = RUN_NAME.match(name)
+        if m is None:
+            raise ValueError(f"unrecognised SAE run name {name!r}")
+        groups.setdefault(m["base"], []).append(name)
+    return {base: sorted(runs, key=lambda n: int(seed_tag(n)[2:] or -1)) for base, runs in groups.items()}
+
+
+def seed_tag(name: str) -> str:
+    return RUN_NAME.match(name)["seed"] or ""
+
+
 def load_runs(runs: dict[str, str]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """``run -> (evaluation JSON, per-set per-document tables)``."""
     return {name: (json.loads(Path(p).read_text()), read_per_doc(per_doc_path(p))) for name, p in runs.items()}
 
 
-def metrics_table(loaded: dict[str, tuple[dict, dict]], baselines: dict[str, Any], boot: Bootstrap) -> Any:
+def _same_documents(loaded: dict[str, tuple[dict, dict]], names: list[str], set_name: str) -> None:
+    first = loaded[names[0]][1][set_name]["doc_id"].to_numpy()
+    for other in names[1:]:
+        if not np.array_equal(first, loaded[other][1][set_name]["doc_id"].to_numpy()):
+            raise ValueError(f"{names[0]} and {other} were evaluated on different {set_name} documents")
+
+
+def _mean(values: list[Any]) -> Any:
+    """Mean of numbers; the first value of anything else (the same for every seed)."""
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return float(np.mean(values)) if len(values) > 1 else values[0]
+    return values[0]
+
+
+def metrics_table(
+    loaded: dict[str, tuple[dict, dict]],
+    baselines: dict[str, Any],
+    boot: Bootstrap,
+    groups: dict[str, list[str]] | None = None,
+) -> Any:
+    """One row per (SAE, set): each interval metric's mean over the SAE's seeds with its
+    two-level bootstrap interval, ``n_seeds``, ``<metric>_seed_sd`` (NaN for one seed), and
+    the other columns averaged over seeds. ``groups`` defaults to :func:`seed_groups`."""
     import pandas as pd
 
-    parts = {name: parse_run(name) for name in loaded}
+    groups = groups if groups is not None else seed_groups(list(loaded))
+    parts = {base: parse_run(base) for base in groups}
     labels = _labels(parts)
     rows = []
-    for name, (result, per_doc) in loaded.items():
-        for set_name, m in result["sets"].items():
-            frame, base = per_doc[set_name], baselines[set_name]
+    for base, names in groups.items():
+        for set_name in loaded[names[0]][0]["sets"]:
+            _same_documents(loaded, names, set_name)
+            frames = [loaded[n][1][set_name] for n in names]
+            metric_fns = [doc_metrics(f) for f in frames]
             cis: dict[str, float] = {}
-            for metric, fn in doc_metrics(frame).items():
-                ci = interval(fn, len(frame), boot.samples, boot.seed)
-                cis |= {metric: ci.estimate, f"{metric}_ci_low": ci.low, f"{metric}_ci_high": ci.high}
-            gap = base["zero_ablation_loss"] - base["clean_loss"]
+            for metric in metric_fns[0]:
+                ci = seed_interval([fns[metric] for fns in metric_fns], len(frames[0]), boot.samples, boot.seed)
+                per_seed = [float(fns[metric](np.ones((1, len(frames[0]))))[0]) for fns in metric_fns]
+                cis |= {
+                    metric: ci.estimate,
+                    f"{metric}_ci_low": ci.low,
+                    f"{metric}_ci_high": ci.high,
+                    f"{metric}_seed_sd": float(np.std(per_seed, ddof=1)) if len(names) > 1 else math.nan,
+                }
+            base_loss = baselines[set_name]
+            gap = base_loss["zero_ablation_loss"] - base_loss["clean_loss"]
+            results = [loaded[n][0] for n in names]
+            sets = [r["sets"][set_name] for r in results]
+            per_seed_columns = {
+                "validation_fvu": [m["validation"]["fvu"] for m in sets],
+                "validation_l0": [m["validation"]["l0"] for m in sets],
+                **{key: [m[key] for m in sets] for key in ("mse_per_dim", "dead_fraction", "dense_fraction")},
+                **{key: [m[key] for m in sets] for key in ("tail_tokens", "tail_fvu", "head_fvu")},
+                "dead_fraction_heldout": [r["dead"]["fraction"] for r in results],
+                "dead_over_tokens": [r["dead"]["tokens"] for r in results],
+                "tail_recall": [r["tail"]["recall"] for r in results],
+                "tail_mean_best_f1": [r["tail"]["mean_best_f1"] for r in results],
+                "tail_concepts": [r["tail"]["concepts"] for r in results],
+                "tail_evaluable": [r["tail"]["evaluable"] for r in results],
+                "eval_tokens": [m["tokens"] for m in sets],
+                "validation_docs": [m["validation"]["docs"] for m in sets],
+                "loss_tokens": [m["loss_tokens"] for m in sets],
+                "loss_docs": [m["loss_docs"] for m in sets],
+            }
             rows.append(
                 {
-                    "run": name,
-                    "label": labels[name],
-                    **parts[name],
+                    "run": base,
+                    "label": labels[base],
+                    **parts[base],
                     "set": set_name,
-                    "n_docs": len(frame),
-                    "n_seeds": 1,
+                    "n_docs": len(frames[0]),
+                    "n_seeds": len(names),
+                    "seed_runs": " ".join(names),
                     **{
                         key: cis[key]
                         for name_ in INTERVAL_METRICS
-                        for key in (name_, f"{name_}_ci_low", f"{name_}_ci_high")
+                        for key in (name_, f"{name_}_ci_low", f"{name_}_ci_high", f"{name_}_seed_sd")
                     },
-                    "clean_loss": base["clean_loss"],
-                    "zero_ablation_loss": base["zero_ablation_loss"],
-                    "loss_recovered": (base["zero_ablation_loss"] - cis["spliced_loss"]) / gap if gap else math.nan,
+                    "clean_loss": base_loss["clean_loss"],
+                    "zero_ablation_loss": base_loss["zero_ablation_loss"],
+                    "loss_recovered": (base_loss["zero_ablation_loss"] - cis["spliced_loss"]) / gap
+                    if gap
+                    else math.nan,
                     "spliced_perplexity": math.exp(cis["spliced_loss"]),
-                    "clean_perplexity": math.exp(base["clean_loss"]),
-                    "validation_fvu": m["validation"]["fvu"],
-                    "validation_l0": m["validation"]["l0"],
-                    **{key: m[key] for key in ("mse_per_dim", "dead_fraction", "dense_fraction")},
-                    **{key: m[key] for key in ("tail_tokens", "tail_fvu", "head_fvu")},
-                    "tail_recall": result["tail"]["recall"],
-                    "tail_mean_best_f1": result["tail"]["mean_best_f1"],
-                    "tail_concepts": result["tail"]["concepts"],
-                    "tail_evaluable": result["tail"]["evaluable"],
-                    "eval_tokens": m["tokens"],
-                    "validation_docs": m["validation"]["docs"],
-                    "loss_tokens": m["loss_tokens"],
-                    "loss_docs": m["loss_docs"],
+                    "clean_perplexity": math.exp(base_loss["clean_loss"]),
+                    **{key: _mean(values) for key, values in per_seed_columns.items()},
                 }
             )
     return pd.DataFrame(rows)
@@ -148,21 +214,38 @@ def comparison_pairs(table: Any, main_k: int) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def comparisons(loaded: dict[str, tuple[dict, dict]], pairs: list[tuple[str, str, str]], boot: Bootstrap) -> Any:
-    """One row per (pair, set, metric): both values and the paired bootstrap interval of
-    their difference over the test documents they share."""
+def seed_pairs(runs: list[str], references: list[str]) -> list[tuple[str, str]]:
+    """Seed s of one SAE with seed s of the other; a reference with one seed (an imported
+    GSAE) pairs with every seed."""
+    if len(references) == 1:
+        return [(run, references[0]) for run in runs]
+    by_tag = {seed_tag(ref): ref for ref in references}
+    return [(run, by_tag[seed_tag(run)]) for run in runs if seed_tag(run) in by_tag]
+
+
+def comparisons(
+    loaded: dict[str, tuple[dict, dict]],
+    pairs: list[tuple[str, str, str]],
+    boot: Bootstrap,
+    groups: dict[str, list[str]] | None = None,
+) -> Any:
+    """One row per (pair, set, metric): both values (means over the paired seeds) and the
+    two-level bootstrap interval of their difference, seeds paired and documents shared."""
     import pandas as pd
 
+    groups = groups if groups is not None else seed_groups(list(loaded))
     rows = []
     for run, ref_label, ref in pairs:
-        for set_name, frame in loaded[run][1].items():
-            ref_frame = loaded[ref][1][set_name]
-            if not np.array_equal(frame["doc_id"].to_numpy(), ref_frame["doc_id"].to_numpy()):
-                raise ValueError(f"{run} and {ref} were evaluated on different {set_name} documents")
-            ours, theirs = doc_metrics(frame), doc_metrics(ref_frame)
+        matched = seed_pairs(groups[run], groups[ref])
+        for set_name in loaded[run][1]:
+            _same_documents(loaded, [n for pair in matched for n in pair], set_name)
+            n_docs = len(loaded[run][1][set_name])
+            fns = [(doc_metrics(loaded[a][1][set_name]), doc_metrics(loaded[b][1][set_name])) for a, b in matched]
+            ones = np.ones((1, n_docs))
             for metric in COMPARED:
-                diff = paired_difference(ours[metric], theirs[metric], len(frame), boot.samples, boot.seed)
-                value, ref_value = (float(m[metric](np.ones((1, len(frame))))[0]) for m in (ours, theirs))
+                diff = paired_seed_difference([(a[metric], b[metric]) for a, b in fns], n_docs, boot.samples, boot.seed)
+                value = float(np.mean([a[metric](ones)[0] for a, _ in fns]))
+                ref_value = float(np.mean([b[metric](ones)[0] for _, b in fns]))
                 rows.append(
                     {
                         "run": run,
@@ -175,7 +258,8 @@ def comparisons(loaded: dict[str, tuple[dict, dict]], pairs: list[tuple[str, str
                         "difference": diff.estimate,
                         "ci_low": diff.low,
                         "ci_high": diff.high,
-                        "n_docs": len(frame),
+                        "n_docs": n_docs,
+                        "n_seeds": len(matched),
                         "finding": diff.excludes_zero(),
                     }
                 )
@@ -200,9 +284,15 @@ def comparison_sentences(table: Any, compared: Any) -> list[str]:
     lines = []
     for (run, ref, set_name), part in compared.groupby(["run", "reference", "set"], sort=False):
         clauses = "; ".join(_clause(row) for _, row in part.iterrows())
-        n = int(part["n_docs"].iloc[0])
-        lines.append(f"`{run}` ({labels[run]}) vs {ref}, {set_name} test text ({n} documents): {clauses}.")
+        n, seeds = int(part["n_docs"].iloc[0]), int(part["n_seeds"].iloc[0])
+        lines.append(
+            f"`{run}` ({labels[run]}) vs {ref}, {set_name} test text ({n} documents, {_seeds(seeds)}): {clauses}."
+        )
     return lines
+
+
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds paired"
 
 
 def _ci(row: Any, metric: str) -> str:
@@ -221,7 +311,8 @@ def findings(table: Any, main_k: int) -> list[str]:
         best = ssae["validation_fvu"].idxmin()
         b = ssae.loc[best]
         lines.append(
-            f"Best SSAE, chosen on subdomain validation FVU ({b['validation_fvu']:.4f}): `{best}`. On subdomain "
+            f"Best SSAE, chosen on subdomain validation FVU ({b['validation_fvu']:.4f}): `{best}` "
+            f"({_seeds(b['n_seeds']).removesuffix(' paired')}, values their mean). On subdomain "
             f"test text: FVU {_ci(b, 'fvu')}, ΔCE {_ci(b, 'delta_ce')} nats, KL {_ci(b, 'kl')} nats "
             f"(clean loss {b['clean_loss']:.4f}); tail-concept recall {b['tail_recall']:.3f} over "
             f"{b['tail_evaluable']} evaluable concepts (no interval)."
@@ -290,6 +381,138 @@ def _comparison_plot(table: Any, main_k: int, out: Path) -> None:
     save_figure(fig, out)
 
 
+def frequency_bins(frequencies: np.ndarray) -> list[tuple[float, float]]:
+    """``[low, high)`` general-pool frequency bins: one for types never seen in the pool
+    (``[0, 0]``), then one per decade covering the rest."""
+    bins = [(0.0, 0.0)] if (frequencies == 0).any() else []
+    seen = frequencies[frequencies > 0]
+    if len(seen):
+        lo, hi = math.floor(math.log10(seen.min())), math.floor(math.log10(seen.max())) + 1
+        bins += [(10.0**e, 10.0 ** (e + 1)) for e in range(lo, hi)]
+    return bins
+
+
+def _in_bin(frequencies: np.ndarray, low: float, high: float, cumulative: bool) -> np.ndarray:
+    if cumulative:
+        return frequencies <= high if high > 0 else frequencies == 0
+    return frequencies == 0 if high == 0 else (frequencies >= low) & (frequencies < high)
+
+
+def recall_by_frequency(
+    loaded: dict[str, tuple[dict, dict]], table: Any, main_k: int, boot: Bootstrap, groups: dict[str, list[str]]
+) -> Any:
+    """Per SAE at the main k and per general-pool frequency bin (and cumulatively, every type
+    up to the bin's upper edge): the share of subdomain token types captured, averaged over
+    seeds, with a bootstrap interval over token types (and seeds)."""
+    import pandas as pd
+
+    runs = table[table["k"] == main_k].drop_duplicates("run")
+    rows = []
+    for _, r in runs.iterrows():
+        results = [loaded[name][0].get("types") for name in groups[r["run"]]]
+        if any(t is None for t in results):
+            continue
+        ids = results[0]["token_id"]
+        if any(t["token_id"] != ids for t in results):
+            raise ValueError(f"{r['run']}: seeds were scored on different token types")
+        frequencies = np.asarray(results[0]["general_frequency"], dtype=np.float64)
+        captured = [np.asarray(t["captured"], dtype=np.float64) for t in results]
+        for cumulative in (False, True):
+            for low, high in frequency_bins(frequencies):
+                mask = _in_bin(frequencies, low, high, cumulative)
+                ones = np.ones(int(mask.sum()))
+                ci = seed_interval([ratio(c[mask], ones) for c in captured], len(ones), boot.samples, boot.seed)
+                rows.append(
+                    {
+                        "run": r["run"],
+                        "label": r["label"],
+                        "family": r["family"],
+                        "n_seeds": len(results),
+                        "cumulative": cumulative,
+                        "frequency_low": 0.0 if cumulative else low,
+                        "frequency_high": high,
+                        "n_types": len(ones),
+                        "captured_share": ci.estimate,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _recall_plot(curves: Any, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, cumulative in zip(axes, (False, True), strict=True):
+        if curves.empty:
+            ax.text(0.5, 0.5, "no token types evaluated", ha="center", va="center", transform=ax.transAxes)
+            continue
+        part = curves[curves["cumulative"] == cumulative]
+        for (label, family), line in part.groupby(["label", "family"], sort=False):
+            line = line.sort_values("frequency_high")
+            seen = line["frequency_high"] > 0
+            x = np.where(
+                seen,
+                line["frequency_high"] if cumulative else np.sqrt(line["frequency_low"] * line["frequency_high"]),
+                0,
+            )
+            # Types never seen in the pool are drawn one decade left of the rarest bin.
+            if (~seen).any() and seen.any():
+                x[~seen.to_numpy()] = x[seen.to_numpy()].min() / 10
+            y = line["captured_share"].to_numpy()
+            err = np.abs(np.vstack([y - line["ci_low"], line["ci_high"] - y]))
+            style = {"GSAE": "s-", "control": "^--"}.get(family, "o-")
+            ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt=style, label=label, capsize=2, markersize=4)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("general-pool frequency of the token type" + (", at most" if cumulative else ", decade"))
+        ax.set_ylabel("share of subdomain token types captured (test)")
+        ax.set_title("cumulative" if cumulative else "per decade (leftmost point: unseen in the pool)", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def recall_sentences(curves: Any) -> list[str]:
+    """Captured share of all evaluable types, and of the rarest cumulative bin holding at
+    least 20 types, per SAE (values with intervals; no paired comparison is made here)."""
+    if curves.empty:
+        return []
+    cum = curves[curves["cumulative"]]
+    lines = []
+    every = cum.sort_values("frequency_high").groupby("run", sort=False).tail(1)
+    lines.append(
+        f"Subdomain token types captured on test ({int(every['n_types'].iloc[0])} types with a latent chosen on "
+        "validation, F1 >= threshold; `recall_by_frequency.png`): "
+        + ", ".join(f"{r['label']} {_share(r)}" for _, r in every.iterrows())
+        + "."
+    )
+    rare = cum[cum["n_types"] >= 20].sort_values("frequency_high").groupby("run", sort=False).head(1)
+    if not rare.empty and (rare["frequency_high"] < every["frequency_high"].max()).all():
+        high = rare["frequency_high"].max()
+        part = cum[cum["frequency_high"] == high]
+        lines.append(
+            f"Of those, the {int(part['n_types'].iloc[0])} types with general-pool frequency at most {high:.0e}: "
+            + ", ".join(f"{r['label']} {_share(r)}" for _, r in part.iterrows())
+            + "."
+        )
+    return lines
+
+
+def _share(row: Any) -> str:
+    if math.isnan(row["ci_low"]):
+        return f"{row['captured_share']:.3f} [no interval]"
+    return f"{row['captured_share']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def _seed_note(table: Any) -> str:
+    multi = table[table["n_seeds"] > 1].drop_duplicates("run")
+    if multi.empty:
+        return "none (one seed per SAE)"
+    return ", ".join(f"{r['label']} ({r['n_seeds']})" for _, r in multi.iterrows())
+
+
 def markdown_table(frame: Any) -> str:
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -303,7 +526,8 @@ def _summary_table(table: Any, main_k: int) -> str:
     main = table[table["k"] == main_k].copy()
     for metric in INTERVAL_METRICS:
         main[metric] = [_ci(row, metric) for _, row in main.iterrows()]
-    cols = ["run", "label", "set", "n_docs", *INTERVAL_METRICS, "loss_recovered", "dead_fraction", "tail_recall"]
+    cols = ["run", "label", "set", "n_docs", "n_seeds", *INTERVAL_METRICS, "loss_recovered", "dead_fraction"]
+    cols.append("tail_recall")
     return markdown_table(main[cols])
 
 
@@ -317,6 +541,7 @@ def evaluation_report(
     out_comparison: str | Path,
     out_summary: str | Path,
     boot: Bootstrap | None = None,
+    out_recall: str | Path | None = None,
 ) -> Any:
     import matplotlib
 
@@ -325,23 +550,35 @@ def evaluation_report(
     baselines = json.loads(Path(baselines_path).read_text())
     loaded = load_runs(runs)
     table = metrics_table(loaded, baselines, boot)
+    by_seed = metrics_table(loaded, baselines, boot, groups={name: [name] for name in loaded})
     compared = comparisons(loaded, comparison_pairs(table, main_k), boot)
+    curves = recall_by_frequency(loaded, table, main_k, boot, seed_groups(list(loaded)))
     out_table = Path(out_table)
-    for path, frame in ((out_table, table), (out_table.with_name("comparisons.csv"), compared)):
+    outputs = (
+        (out_table, table),
+        (out_table.with_name("metrics_by_seed.csv"), by_seed),
+        (out_table.with_name("comparisons.csv"), compared),
+        (out_table.with_name("recall_by_frequency.csv"), curves),
+    )
+    for path, frame in outputs:
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)
     with atomic_path(out_table.with_suffix(".parquet")) as tmp:
         table.to_parquet(tmp, index=False)
     _pareto_plot(table, sweep, Path(out_pareto))
     _comparison_plot(table, main_k, Path(out_comparison))
+    if out_recall is not None:
+        _recall_plot(curves, Path(out_recall))
 
     lines = [
         "# SAE evaluation",
         "",
         "Every number is measured on the **test** part of each held-out set; the validation part",
         "(a hash of each document's id) serves every choice: the best SSAE, each tail concept's latent.",
-        f"Intervals: {PCT}% percentile bootstrap over test documents ({boot.samples} resamples); a",
-        "comparison of two SAEs resamples the same documents for both (paired). One seed per SAE (`n_seeds` 1).",
+        f"Intervals: {PCT}% percentile bootstrap ({boot.samples} resamples) over test documents and, where an",
+        "SAE has several training seeds (`n_seeds`), over seeds too (two levels: the value is the mean over",
+        "seeds). A comparison of two SAEs resamples the same documents for both and pairs seed s with seed s.",
+        f"SAEs with several seeds here: {_seed_note(table)}.",
         "",
         f"- {FVU_FORMULA} (one mean over the test part of the held-out set).",
         "- L0: mean active latents per token. ΔCE = spliced - clean next-token cross-entropy (nats/token)",
@@ -365,6 +602,7 @@ def evaluation_report(
         "A difference is a finding only when its paired interval excludes zero.",
         "",
         *[f"- {line}" for line in findings(table, main_k)],
+        *[f"- {line}" for line in recall_sentences(curves)],
         *[f"- {line}" for line in comparison_sentences(table, compared)],
         "",
         f"## All SAEs at k={main_k} (estimate [{PCT}% interval])",
@@ -390,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-pareto", required=True)
     parser.add_argument("--out-comparison", required=True)
     parser.add_argument("--out-summary", required=True)
+    parser.add_argument("--out-recall", help="PNG of captured token types against general-pool frequency")
     args = parser.parse_args(argv)
     return run_stage(
         lambda: evaluation_report(
@@ -402,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out_comparison,
             args.out_summary,
             Bootstrap(args.bootstrap_samples, args.seed),
+            args.out_recall,
         )
     )
 

@@ -16,6 +16,11 @@ that fires on everything is not a detector):
   documents (``ssae_steps.heldout_split``); that latent's F1 is then measured on the
   *test* part, and the concept is *captured* when the test F1 is at least
   ``detection_f1``. Tail-concept recall = captured / concepts that occur in both parts.
+
+Recall against frequency, as the paper plots it: the same detection for *every* token type
+that occurs at least ``min_count`` times in the subdomain's held-out text (not only the
+tail concepts), each with its general-pool frequency, so the share of types an SAE
+captures can be read off per frequency decade (``evaluation_report``).
 """
 
 from __future__ import annotations
@@ -131,6 +136,30 @@ def tail_recall(detections: list[dict[str, float]], threshold: float) -> float:
     return sum(d["f1"] >= threshold for d in detections) / len(detections)
 
 
+def token_types(general_counts: np.ndarray, heldout_counts: np.ndarray, min_count: int) -> list[dict[str, Any]]:
+    """Every token type with at least ``min_count`` occurrences in the subdomain's held-out
+    text, as rows ``{token_id, heldout_count, general_count, general_frequency}``."""
+    size = max(len(general_counts), len(heldout_counts))
+    gen, held = _padded(general_counts, size), _padded(heldout_counts, size)
+    total = max(gen.sum(), 1.0)
+    return [
+        {
+            "token_id": int(t),
+            "heldout_count": int(held[t]),
+            "general_count": int(gen[t]),
+            "general_frequency": float(gen[t] / total),
+        }
+        for t in np.flatnonzero(held >= min_count)
+    ]
+
+
+def read_token_types(path: str | Path) -> tuple[list[int], np.ndarray]:
+    """Token ids and general-pool frequencies of a :func:`token_types` table."""
+    with Path(path).open() as handle:
+        rows = list(csv.DictReader(handle))
+    return [int(r["token_id"]) for r in rows], np.array([float(r["general_frequency"]) for r in rows])
+
+
 def write_tail_table(
     cfg: TailConfig,
     subdomain_train: str | Path,
@@ -138,14 +167,25 @@ def write_tail_table(
     subdomain_heldout: str | Path,
     model_dir: str | Path,
     out: str | Path,
+    types_out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Count tokens in the three activation sets, pick the tail concepts, write them as CSV
-    (with each token's text)."""
+    (with each token's text); ``types_out``: every evaluable token type (:func:`token_types`)."""
     from transformers import AutoTokenizer
 
     from ssae_steps.activation_reader import token_counts
 
-    rows = tail_tokens(token_counts(subdomain_train), token_counts(general_train), token_counts(subdomain_heldout), cfg)
+    general, heldout = token_counts(general_train), token_counts(subdomain_heldout)
+    if types_out is not None:
+        types = token_types(general, heldout, cfg.min_count)
+        with atomic_path(types_out) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=["token_id", "heldout_count", "general_count", "general_frequency"]
+            )
+            writer.writeheader()
+            writer.writerows(types)
+        log.info("%d token types with >= %d held-out occurrences", len(types), cfg.min_count)
+    rows = tail_tokens(token_counts(subdomain_train), general, heldout, cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     for row in rows:
         row["token"] = tokenizer.decode([row["token_id"]])
@@ -166,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subdomain-heldout", required=True)
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--types-out", help="CSV of every token type with >= min_count held-out occurrences")
     args = parser.parse_args(argv)
     return run_stage(
         lambda: write_tail_table(
@@ -175,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             args.subdomain_heldout,
             args.model_dir,
             args.out,
+            args.types_out,
         )
     )
 

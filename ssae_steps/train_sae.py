@@ -216,36 +216,57 @@ class SpecialisedSAEPlan:
 
 
 PER_RUN_KEYS = ("init", "tilt", "epochs", "tokens", "seed")
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 @dataclass
 class TrainingPlan:
     """The workflow's ``training`` section: shared settings (a :class:`TrainConfig` without
-    the per-run keys init/tilt/epochs/tokens/seed), the GSAE and SSAE plans, and extra k values
-    for the Pareto sweep."""
+    the per-run keys init/tilt/epochs/tokens/seed), the GSAE and SSAE plans, extra k values
+    for the Pareto sweep, and the training seeds."""
 
     shared: TrainConfig
     gsae: GeneralSAEPlan
     ssae: SpecialisedSAEPlan
     k_sweep: list[int]
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    """The first trains every SAE; the others repeat the main comparison (the GSAE and each
+    strategy's SSAE with the first init and tilt, at the main k), so its numbers carry an
+    interval across seeds. An SSAE of seed s finetunes the GSAE of seed s."""
+    seed_strategies: list[str] | None = None
+    """Strategies whose SSAE gets every seed (None: all); the others train the first seed
+    only. Lets a time-limited run repeat just the comparison it reports."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "training") -> TrainingPlan:
         data = dict(data or {})
         for key in PER_RUN_KEYS:
             if key in data:
-                raise ConfigError(f"{where}.{key}: set per run (training.gsae / training.ssae, top-level seed)")
+                raise ConfigError(f"{where}.{key}: set per run (training.gsae / training.ssae / training.seeds)")
         gsae = from_mapping(GeneralSAEPlan, data.pop("gsae", None), f"{where}.gsae")
         ssae = from_mapping(SpecialisedSAEPlan, data.pop("ssae", None), f"{where}.ssae")
         k_sweep = data.pop("k_sweep", [])
+        seeds = data.pop("seeds", list(DEFAULT_SEEDS))
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise ConfigError(f"{where}.seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}")
         if not isinstance(k_sweep, list) or any(isinstance(k, bool) or not isinstance(k, int) for k in k_sweep):
             raise ConfigError(f"{where}.k_sweep: expected a list of integers, got {k_sweep!r}")
+        seed_strategies = data.pop("seed_strategies", None)
+        if seed_strategies is not None and (
+            not isinstance(seed_strategies, list) or not all(isinstance(x, str) for x in seed_strategies)
+        ):
+            raise ConfigError(f"{where}.seed_strategies: expected a list of strategy names, got {seed_strategies!r}")
         shared = TrainConfig.from_dict(data, where)
         for k in k_sweep:
             replace(shared.sae, k=k).validate(f"{where}.k_sweep")
         if gsae.pretrained is not None and k_sweep:
             raise ConfigError(f"{where}.k_sweep: needs a trained GSAE (training.gsae.pretrained is set)")
-        return cls(shared, gsae, ssae, k_sweep)
+        return cls(shared, gsae, ssae, k_sweep, seeds, seed_strategies)
 
     def run_config(self, role: Literal["gsae", "ssae"], init: str, tilt: float, k: int, seed: int) -> TrainConfig:
         length = {"epochs": self.gsae.epochs, "tokens": None} if role == "gsae" else {"tokens": self.ssae.tokens}

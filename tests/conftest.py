@@ -114,6 +114,7 @@ def pipeline_config(
             "checkpoint_every": 5,
             "ssae": {"inits": ["finetune", "scratch"], "tilts": [0.0], "tokens": 4096},
             "k_sweep": [4],
+            "seeds": [0],
         },
         # A 768-token vocabulary and a few thousand tokens: looser tail-concept thresholds.
         "evaluation": {

@@ -7,7 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssae_steps.bootstrap import fvu_metric, interval, paired_difference, ratio, resample_weights
+from ssae_steps.bootstrap import (
+    fvu_metric,
+    interval,
+    paired_difference,
+    paired_seed_difference,
+    ratio,
+    resample_weights,
+    seed_interval,
+)
 
 
 def _documents(rng: np.random.Generator, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +91,22 @@ def test_interval_is_seeded_and_nan_safe() -> None:
     assert np.isnan(empty.estimate) and np.isnan(empty.low)
     few = interval(ratio(np.arange(3.0), np.ones(3)), 3, 200, seed=0)  # below MIN_DOCS: no interval
     assert few.estimate == 1.0 and np.isnan(few.low) and np.isnan(few.high) and not few.excludes_zero()
+
+
+def test_seed_bootstrap_adds_the_spread_between_seeds_and_only_that() -> None:
+    rng = np.random.default_rng(3)
+    values, tokens = rng.normal(1.0, 0.3, 50), rng.integers(5, 40, 50).astype(float)
+    one = ratio(values * tokens, tokens)
+    single = interval(one, 50, 800, seed=2)
+    # Identical seeds: the same estimate and interval as one seed.
+    same = seed_interval([one, one, one], 50, 800, seed=2)
+    assert (same.estimate, same.low, same.high) == pytest.approx((single.estimate, single.low, single.high))
+    # Seeds that differ by a shift: the estimate is their mean and the interval widens.
+    shifted = [ratio((values + s) * tokens, tokens) for s in (-0.5, 0.0, 0.5)]
+    spread = seed_interval(shifted, 50, 800, seed=2)
+    assert spread.estimate == pytest.approx(single.estimate)
+    assert spread.high - spread.low > 3 * (single.high - single.low)
+    # Paired seeds whose differences are all positive: a difference excluding zero.
+    pairs = [(ratio((values + 0.2 + s) * tokens, tokens), shifted[i]) for i, s in enumerate((-0.5, 0.0, 0.5))]
+    diff = paired_seed_difference(pairs, 50, 800, seed=2)
+    assert diff.estimate == pytest.approx(0.2) and diff.excludes_zero()

@@ -15,7 +15,9 @@ from ssae_steps.activation_reader import write_activation_set
 from ssae_steps.bootstrap import resample_weights
 from ssae_steps.evaluate import (
     RowReconstruction,
+    _detections,
     _tail_detection,
+    _type_detection,
     doc_metrics,
     doc_stats,
     fvu,
@@ -31,7 +33,7 @@ from ssae_steps.evaluate import (
 )
 from ssae_steps.model import load_model, padded_batch, residual_stream
 from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae
-from ssae_steps.tail_concepts import TailConfig, concept_detection, tail_recall, tail_tokens
+from ssae_steps.tail_concepts import TailConfig, concept_detection, tail_recall, tail_tokens, token_types
 from ssae_steps.train_sae import TrainConfig, train_sae
 from tests.conftest import wiki_texts
 
@@ -240,3 +242,30 @@ def test_concept_detection_on_planted_latents() -> None:
     # Scored with latents chosen elsewhere: latent 1 for token 7 has F1 0 here.
     scored = concept_detection(rows, latents, tokens, concepts=[7, 9], d_sae=5, latents=[1, 1])
     assert [d["latent"] for d in scored] == [1, 1] and scored[0]["f1"] == 0.0 and scored[1] == found[1]
+
+
+def test_token_types_are_every_type_held_out_often_enough() -> None:
+    general = np.array([0, 900, 0, 100])
+    heldout = np.array([3, 7, 5, 4])
+    types = token_types(general, heldout, min_count=5)
+    assert types == [
+        {"token_id": 1, "heldout_count": 7, "general_count": 900, "general_frequency": 0.9},
+        {"token_id": 2, "heldout_count": 5, "general_count": 0, "general_frequency": 0.0},
+    ]
+
+
+def test_type_detection_on_planted_latents_in_chunks() -> None:
+    """Token t (0-5) occurs on rows 3t..3t+2 of both parts; latent t fires exactly on
+    them for t < 4 (captured), latent 7 fires on every row of tokens 4 and 5 (F1 2/3 each,
+    below the 0.7 threshold). Scored in chunks of 2 concepts the result equals one pass."""
+    tokens = np.repeat(np.arange(6), 3)
+    rows = np.concatenate([np.arange(12), np.arange(12, 18)])
+    latents = np.concatenate([np.repeat(np.arange(4), 3), np.full(6, 7)])
+    recon = RowReconstruction(np.zeros(18), rows, latents)
+    parts = {"validation": [(tokens, recon)], "test": [(tokens, recon)]}
+    frequencies = np.array([0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
+    found = _type_detection(parts, list(range(6)), frequencies, 8, 0.7)
+    assert found["captured"] == [True, True, True, True, False, False]
+    assert found["f1"][4] == pytest.approx(2 * 3 / (6 + 3))
+    assert found["general_frequency"] == list(frequencies)
+    assert _detections(parts, list(range(6)), 8, chunk=2) == _detections(parts, list(range(6)), 8)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ssae_steps.evaluate import per_doc_path, write_per_doc
-from ssae_steps.evaluation_report import Bootstrap, evaluation_report
+from ssae_steps.evaluation_report import Bootstrap, evaluation_report, frequency_bins
 
 N_DOCS, D = 40, 4
 
@@ -56,7 +57,8 @@ def _planted_run(out: Path, name: str, error_scale: float, noise_seed: int, vali
     path = out / "runs" / f"{name.replace('/', '_')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tail = {"recall": 0.0, "mean_best_f1": 0.0, "concepts": 0, "evaluable": 0}
-    path.write_text(json.dumps({"sets": sets, "tail": tail}))
+    dead = {"fraction": 0.25, "tokens": int(2 * tokens.sum())}
+    path.write_text(json.dumps({"sets": sets, "tail": tail, "dead": dead}))
     write_per_doc(per_doc_path(path), per_set)
     return str(path)
 
@@ -122,3 +124,127 @@ def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tm
         if line.startswith("- `ssae/random/finetune-t0-k8` (control) vs GSAE, subdomain")
     )
     assert control.count("no clear difference") == 3 and "95% CI of the difference" in control
+
+
+def _report(tmp_path: Path, runs: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+    baselines = tmp_path / "baselines.json"
+    base = {"clean_loss": 3.0, "zero_ablation_loss": 10.0, "loss_tokens": 100}
+    baselines.write_text(json.dumps({"general": base, "subdomain": base}))
+    out = tmp_path / "eval"
+    evaluation_report(
+        runs,
+        baselines,
+        8,
+        {"GSAE": ["gsae/k8"]},
+        out / "metrics.csv",
+        out / "pareto.png",
+        out / "comparison.png",
+        out / "summary.md",
+        Bootstrap(samples=500, seed=0),
+        out / "recall.png",
+    )
+    read = lambda name: pd.read_csv(out / name)  # noqa: E731
+    return read("metrics.csv"), read("metrics_by_seed.csv"), read("comparisons.csv"), (out / "summary.md").read_text()
+
+
+def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
+    tags = ["", "-s1", "-s2"]
+    runs = {}
+    for i, tag in enumerate(tags):
+        runs[f"gsae/k8{tag}"] = _planted_run(tmp_path, f"gsae{tag}", 1.0, 10 + i, validation_fvu=0.30)
+        # Consistently 30% below the GSAE at every seed: a finding across seeds.
+        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"dense{tag}", 0.7, 20 + i, 0.20)
+        # Far below the GSAE at its first seed, far above at its last: seed 0 alone would
+        # look like a clear gain, the three seeds together do not.
+        scale = (0.6, 1.0, 1.4)[i]
+        runs[f"ssae/bm25/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"bm25{tag}", scale, 30 + i, 0.25)
+    # One seed only (a sweep run): compared with the GSAE's first seed.
+    runs["ssae/dense/scratch-t0-k8"] = _planted_run(tmp_path, "dense-scratch", 0.9, 40, 0.28)
+    table, by_seed, compared, summary = _report(tmp_path, runs)
+
+    assert sorted(table["run"].unique()) == sorted(
+        ["gsae/k8", "ssae/dense/finetune-t0-k8", "ssae/bm25/finetune-t0-k8", "ssae/dense/scratch-t0-k8"]
+    )
+    table, by_seed = table.set_index(["run", "set"]), by_seed.set_index(["run", "set"])
+    assert len(by_seed) == 2 * len(runs) and (by_seed["n_seeds"] == 1).all()
+    for base in ("gsae/k8", "ssae/dense/finetune-t0-k8", "ssae/bm25/finetune-t0-k8"):
+        row = table.loc[(base, "subdomain")]
+        seeds = [by_seed.loc[(base + tag, "subdomain")] for tag in tags]
+        assert row["n_seeds"] == 3
+        np.testing.assert_allclose(row["fvu"], np.mean([s["fvu"] for s in seeds]))
+        np.testing.assert_allclose(row["fvu_seed_sd"], np.std([s["fvu"] for s in seeds], ddof=1))
+        assert row["fvu_ci_low"] <= row["fvu"] <= row["fvu_ci_high"]
+    assert table.loc[("ssae/dense/scratch-t0-k8", "subdomain"), "n_seeds"] == 1
+    assert np.isnan(table.loc[("ssae/dense/scratch-t0-k8", "subdomain"), "fvu_seed_sd"])
+    # The seed spread is in the interval: bm25's is far wider than its first seed's alone.
+    bm25, bm25_s0 = (
+        table.loc[("ssae/bm25/finetune-t0-k8", "subdomain")],
+        by_seed.loc[("ssae/bm25/finetune-t0-k8", "subdomain")],
+    )
+    assert bm25["fvu_ci_high"] - bm25["fvu_ci_low"] > 3 * (bm25_s0["fvu_ci_high"] - bm25_s0["fvu_ci_low"])
+
+    fvu = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].set_index(["run", "reference"])
+    dense = fvu.loc[("ssae/dense/finetune-t0-k8", "GSAE")]
+    assert dense["n_seeds"] == 3 and dense["finding"] and dense["ci_high"] < 0
+    bm25_cmp = fvu.loc[("ssae/bm25/finetune-t0-k8", "GSAE")]
+    assert bm25_cmp["n_seeds"] == 3 and not bm25_cmp["finding"] and bm25_cmp["ci_low"] < 0 < bm25_cmp["ci_high"]
+    scratch = fvu.loc[("ssae/dense/scratch-t0-k8", "GSAE")]
+    assert scratch["n_seeds"] == 1
+    np.testing.assert_allclose(scratch["reference_value"], by_seed.loc[("gsae/k8", "subdomain"), "fvu"])
+    assert "40 documents, 3 seeds paired)" in summary and "GSAE (3), SSAE dense finetune-t0 (3)" in summary
+
+
+def test_an_imported_gsae_pairs_with_every_seed(tmp_path: Path) -> None:
+    runs = {"gsae/k8": _planted_run(tmp_path, "gsae", 1.0, 1, 0.3)}
+    for i, tag in enumerate(["", "-s1"]):
+        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"dense{tag}", 0.7, 2 + i, 0.2)
+    _, _, compared, _ = _report(tmp_path, runs)
+    row = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].iloc[0]
+    assert row["reference_run"] == "gsae/k8" and row["n_seeds"] == 2 and row["finding"]
+
+
+FREQUENCIES = [0.0, 0.0, 3e-6, 5e-6, 2e-5, 4e-5, 6e-5, 0.002]
+
+
+def _with_types(path: str, captured: list[bool]) -> str:
+    result = json.loads(Path(path).read_text())
+    result["types"] = {
+        "token_id": list(range(len(captured))),
+        "general_frequency": FREQUENCIES,
+        "f1": [0.9 if c else 0.1 for c in captured],
+        "captured": captured,
+    }
+    Path(path).write_text(json.dumps(result))
+    return path
+
+
+def test_recall_by_frequency_counts_captured_types_per_decade(tmp_path: Path) -> None:
+    assert frequency_bins(np.array(FREQUENCIES)) == [(0.0, 0.0), (1e-6, 1e-5), (1e-5, 1e-4), (1e-4, 1e-3), (1e-3, 1e-2)]
+    gsae = [False, False, False, True, False, True, True, True]
+    runs = {
+        "gsae/k8": _with_types(_planted_run(tmp_path, "gsae/k8", 1.0, 1, 0.3), gsae),
+        "ssae/dense/finetune-t0-k8": _with_types(
+            _planted_run(tmp_path, "dense", 0.7, 2, 0.2), [True, False, True, True, True, True, True, True]
+        ),
+        "ssae/dense/finetune-t0-k8-s1": _with_types(
+            _planted_run(tmp_path, "dense-s1", 0.7, 3, 0.2), [True, True, False, True, True, True, False, True]
+        ),
+    }
+    _, _, _, summary = _report(tmp_path, runs)
+    curves = pd.read_csv(tmp_path / "eval" / "recall_by_frequency.csv")
+    per_bin = curves[~curves["cumulative"]].set_index(["run", "frequency_high"])
+    # Hand counts. GSAE: unseen 0/2, [1e-6, 1e-5) 1/2, [1e-5, 1e-4) 2/3, [1e-3, 1e-2) 1/1.
+    assert per_bin.loc[("gsae/k8", 0.0), "captured_share"] == 0.0
+    assert per_bin.loc[("gsae/k8", 1e-5), "captured_share"] == 0.5
+    assert per_bin.loc[("gsae/k8", 1e-4), "captured_share"] == pytest.approx(2 / 3)
+    assert per_bin.loc[("gsae/k8", 1e-4), "n_types"] == 3
+    assert per_bin.loc[("gsae/k8", 1e-3), "n_types"] == 0
+    # The SSAE, mean of its two seeds: unseen (2/2 + 1/2) / 2, [1e-5, 1e-4) (3/3 + 2/3) / 2.
+    assert per_bin.loc[("ssae/dense/finetune-t0-k8", 0.0), "captured_share"] == pytest.approx(0.75)
+    assert per_bin.loc[("ssae/dense/finetune-t0-k8", 1e-4), "captured_share"] == pytest.approx(5 / 6)
+    assert per_bin.loc[("ssae/dense/finetune-t0-k8", 1e-4), "n_seeds"] == 2
+    cumulative = curves[curves["cumulative"]].set_index(["run", "frequency_high"])
+    assert cumulative.loc[("gsae/k8", 1e-4), "captured_share"] == pytest.approx(3 / 7)
+    assert cumulative.loc[("gsae/k8", 1e-2), "n_types"] == 8
+    assert "Subdomain token types captured on test (8 types" in summary
+    assert (tmp_path / "eval" / "recall.png").stat().st_size > 10_000

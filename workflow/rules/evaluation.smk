@@ -1,10 +1,12 @@
 # Evaluation of every SAE on the held-out general and subdomain activation sets:
 #   eval/tail_tokens.csv          the subdomain's tail concepts
+#   eval/token_types.csv          every subdomain token type with its general-pool frequency
 #   eval/baselines.json           clean and zero-ablation loss per set
 #   eval/runs/RUN.json            one SAE's metrics on the test part of each set (RUN = its
 #                                 directory under results/sae), RUN.per_doc.parquet its
 #                                 per-document sums for the bootstrap
-#   eval/summary.md, metrics.csv  the overview (intervals, paired comparisons.csv), with plots
+#   eval/summary.md, metrics.csv  the overview (intervals over test documents and seeds,
+#                                 metrics_by_seed.csv, paired comparisons.csv), with plots
 
 EVAL_SETS = {
     "general": f"results/activations/corpus/{POOL}/heldout/manifest.json",
@@ -54,7 +56,8 @@ rule tail_concepts:
         heldout=EVAL_SETS["subdomain"],
         model="results/model/model.json",
     output:
-        "results/eval/tail_tokens.csv",
+        tail="results/eval/tail_tokens.csv",
+        types="results/eval/token_types.csv",
     params:
         cfg=as_json(EVAL["tail"]),
         code=code_version("tail_concepts", "activation_reader"),
@@ -65,7 +68,7 @@ rule tail_concepts:
     shell:
         "{PY:q} -m ssae_steps.tail_concepts --params {params.cfg:q} --subdomain-train {input.subdomain} "
         "--general-train {input.general} --subdomain-heldout {input.heldout} --model-dir results/model/hf "
-        "--out {output} > {log} 2>&1"
+        "--out {output.tail} --types-out {output.types} > {log} 2>&1"
 
 
 rule eval_baselines:
@@ -101,13 +104,14 @@ rule evaluate_sae:
     input:
         sae="results/sae/{run}/summary.json",
         tail="results/eval/tail_tokens.csv",
+        types="results/eval/token_types.csv",
         sets=list(EVAL_SETS.values()),
         model="results/model/model.json",
     output:
         metrics="results/eval/runs/{run}.json",
         per_doc="results/eval/runs/{run}.per_doc.parquet",
     wildcard_constraints:
-        run=r"general/k\d+|" + SUBDOMAIN + r"/\w+/\w+-t[0-9.e+-]+-k\d+",
+        run=r"general/k\d+(-s\d+)?|" + SUBDOMAIN + r"/\w+/\w+-t[0-9.e+-]+-k\d+(-s\d+)?",
     params:
         cfg=as_json(SAE_EVAL_KEYS),
         seed=config["seed"],
@@ -127,7 +131,8 @@ rule evaluate_sae:
         "benchmarks/eval/runs/{run}.tsv"
     shell:
         "{PY:q} -m ssae_steps.evaluate sae --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
-        "--sae-dir results/sae/{wildcards.run}/sae --tail-table {input.tail} --model-dir results/model/hf "
+        "--sae-dir results/sae/{wildcards.run}/sae --tail-table {input.tail} --types-table {input.types} "
+        "--model-dir results/model/hf "
         "--hook-layer {params.hook_layer} --seed {params.seed} --out {output.metrics} --device {params.device} "
         "--threads {threads} > {log} 2>&1"
 
@@ -140,6 +145,13 @@ rule evaluation_report:
     output:
         table="results/eval/metrics.csv",
         comparisons="results/eval/comparisons.csv",
+        by_seed="results/eval/metrics_by_seed.csv",
+        recall_table="results/eval/recall_by_frequency.csv",
+        recall=report(
+            "results/eval/recall_by_frequency.png",
+            caption="../report/eval_recall.rst",
+            category="3. Evaluation",
+        ),
         parquet="results/eval/metrics.parquet",
         pareto=report(
             "results/eval/pareto.png", caption="../report/eval_pareto.rst", category="3. Evaluation"
@@ -164,6 +176,7 @@ rule evaluation_report:
         "--main-k {params.main_k} --sweep {params.sweep:q} --bootstrap-samples {params.samples} "
         "--seed {params.seed} --out-table {output.table} "
         "--out-pareto {output.pareto} --out-comparison {output.comparison} --out-summary {output.summary} "
+        "--out-recall {output.recall} "
         "> {log} 2>&1"
 
 
