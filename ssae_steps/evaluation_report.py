@@ -149,6 +149,7 @@ def metrics_table(
             sets = [r["sets"][set_name] for r in results]
             per_seed_columns = {
                 "validation_fvu": [m["validation"]["fvu"] for m in sets],
+                "validation_fvu_first_seed": [sets[0]["validation"]["fvu"]] * len(sets),
                 "validation_l0": [m["validation"]["l0"] for m in sets],
                 **{key: [m[key] for m in sets] for key in ("mse_per_dim", "dead_fraction", "dense_fraction")},
                 **{key: [m[key] for m in sets] for key in ("tail_tokens", "tail_fvu", "head_fvu")},
@@ -215,9 +216,9 @@ def comparison_pairs(table: Any, main_k: int) -> list[tuple[str, str, str]]:
 
 
 def seed_pairs(runs: list[str], references: list[str]) -> list[tuple[str, str]]:
-    """Seed s of one SAE with seed s of the other; a reference with one seed (an imported
-    GSAE) pairs with every seed."""
-    if len(references) == 1:
+    """Seed s of one SAE with seed s of the other. A GSAE with a single run (an imported
+    one, shared by every seed's SSAEs) pairs with every seed."""
+    if len(references) == 1 and parse_run(references[0])["family"] == "GSAE":
         return [(run, references[0]) for run in runs]
     by_tag = {seed_tag(ref): ref for ref in references}
     return [(run, by_tag[seed_tag(run)]) for run in runs if seed_tag(run) in by_tag]
@@ -237,6 +238,9 @@ def comparisons(
     rows = []
     for run, ref_label, ref in pairs:
         matched = seed_pairs(groups[run], groups[ref])
+        if not matched:
+            log.warning("%s vs %s: no training seed in common, not compared", run, ref)
+            continue
         for set_name in loaded[run][1]:
             _same_documents(loaded, [n for pair in matched for n in pair], set_name)
             n_docs = len(loaded[run][1][set_name])
@@ -303,25 +307,30 @@ def _ci(row: Any, metric: str) -> str:
 
 def findings(table: Any, main_k: int) -> list[str]:
     """The best SSAE (chosen on validation FVU, reported on test) and the data-selection
-    strategies side by side, from the table."""
+    strategies side by side, from the table. Runs are chosen on their first seed's
+    validation FVU, so a run with one seed has no edge from its noisier value."""
     sub = table[(table["set"] == "subdomain") & (table["k"] == main_k)].set_index("run")
     ssae = sub[sub["family"] == "SSAE"]
     lines = []
     if not ssae.empty:
-        best = ssae["validation_fvu"].idxmin()
+        best = ssae["validation_fvu_first_seed"].idxmin()
         b = ssae.loc[best]
         lines.append(
-            f"Best SSAE, chosen on subdomain validation FVU ({b['validation_fvu']:.4f}): `{best}` "
+            f"Best SSAE, chosen on subdomain validation FVU ({b['validation_fvu_first_seed']:.4f}, first seed): "
+            f"`{best}` "
             f"({_seeds(b['n_seeds']).removesuffix(' paired')}, values their mean). On subdomain "
             f"test text: FVU {_ci(b, 'fvu')}, ΔCE {_ci(b, 'delta_ce')} nats, KL {_ci(b, 'kl')} nats "
             f"(clean loss {b['clean_loss']:.4f}); tail-concept recall {b['tail_recall']:.3f} over "
             f"{b['tail_evaluable']} evaluable concepts (no interval)."
         )
-    chosen = sub[sub["family"] != "GSAE"].sort_values("validation_fvu").groupby("strategy").head(1)
+    chosen = sub[sub["family"] != "GSAE"].sort_values("validation_fvu_first_seed").groupby("strategy").head(1)
     if not chosen.empty:
         lines.append(
-            "Subdomain test FVU per data-selection strategy (each strategy's run chosen on validation FVU): "
-            + ", ".join(f"{r['label']} {_ci(r, 'fvu')}" for _, r in chosen.sort_values("fvu").iterrows())
+            "Subdomain test FVU per data-selection strategy (each strategy's run chosen on validation FVU, "
+            "first seed; n = seeds): "
+            + ", ".join(
+                f"{r['label']} {_ci(r, 'fvu')} (n={r['n_seeds']})" for _, r in chosen.sort_values("fvu").iterrows()
+            )
             + "."
         )
     return lines
@@ -388,14 +397,19 @@ def frequency_bins(frequencies: np.ndarray) -> list[tuple[float, float]]:
     seen = frequencies[frequencies > 0]
     if len(seen):
         lo, hi = math.floor(math.log10(seen.min())), math.floor(math.log10(seen.max())) + 1
+        # log10 rounds a value just below a power of ten up to it.
+        lo -= seen.min() < 10.0**lo
+        hi -= seen.max() < 10.0 ** (hi - 1)
         bins += [(10.0**e, 10.0 ** (e + 1)) for e in range(lo, hi)]
     return bins
 
 
 def _in_bin(frequencies: np.ndarray, low: float, high: float, cumulative: bool) -> np.ndarray:
-    if cumulative:
-        return frequencies <= high if high > 0 else frequencies == 0
-    return frequencies == 0 if high == 0 else (frequencies >= low) & (frequencies < high)
+    """Types in ``[low, high)`` (never seen in the pool: ``high == 0``); cumulatively,
+    every type below ``high``, the unseen ones included."""
+    if high == 0:
+        return frequencies == 0
+    return frequencies < high if cumulative else (frequencies >= low) & (frequencies < high)
 
 
 def recall_by_frequency(
@@ -575,9 +589,11 @@ def evaluation_report(
         "",
         "Every number is measured on the **test** part of each held-out set; the validation part",
         "(a hash of each document's id) serves every choice: the best SSAE, each tail concept's latent.",
-        f"Intervals: {PCT}% percentile bootstrap ({boot.samples} resamples) over test documents and, where an",
-        "SAE has several training seeds (`n_seeds`), over seeds too (two levels: the value is the mean over",
-        "seeds). A comparison of two SAEs resamples the same documents for both and pairs seed s with seed s.",
+        f"Intervals: {PCT}% percentile bootstrap ({boot.samples} resamples) over test documents. Where an SAE",
+        "has several training seeds (`n_seeds`) the value is their mean and the interval is",
+        "mean ± t·sqrt(seed variance/n + the documents' bootstrap variance of the mean), t with",
+        "Welch-Satterthwaite degrees of freedom (n - 1 when the seeds dominate). A comparison",
+        "resamples the same documents for both SAEs and pairs seed s with seed s.",
         f"SAEs with several seeds here: {_seed_note(table)}.",
         "",
         f"- {FVU_FORMULA} (one mean over the test part of the held-out set).",

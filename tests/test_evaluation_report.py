@@ -111,7 +111,7 @@ def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tm
     assert ("ssae/random/finetune-t0-k8", "control") not in fvu.index
 
     summary = (out / "summary.md").read_text()
-    assert "Best SSAE, chosen on subdomain validation FVU (0.2000): `ssae/dense/finetune-t0-k8`" in summary
+    assert "Best SSAE, chosen on subdomain validation FVU (0.2000, first seed): `ssae/dense/finetune-t0-k8`" in summary
     dense = next(
         line
         for line in summary.splitlines()
@@ -149,21 +149,30 @@ def _report(tmp_path: Path, runs: dict[str, str]) -> tuple[pd.DataFrame, pd.Data
 
 def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
     tags = ["", "-s1", "-s2"]
+    gsae_scales = (0.6, 1.0, 1.4)
     runs = {}
     for i, tag in enumerate(tags):
-        runs[f"gsae/k8{tag}"] = _planted_run(tmp_path, f"gsae{tag}", 1.0, 10 + i, validation_fvu=0.30)
-        # Consistently 30% below the GSAE at every seed: a finding across seeds.
-        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"dense{tag}", 0.7, 20 + i, 0.20)
-        # Far below the GSAE at its first seed, far above at its last: seed 0 alone would
-        # look like a clear gain, the three seeds together do not.
-        scale = (0.6, 1.0, 1.4)[i]
-        runs[f"ssae/bm25/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"bm25{tag}", scale, 30 + i, 0.25)
-    # One seed only (a sweep run): compared with the GSAE's first seed.
+        runs[f"gsae/k8{tag}"] = _planted_run(tmp_path, f"gsae{tag}", gsae_scales[i], 10 + i, validation_fvu=0.30)
+        # 0.2 below the GSAE of the same seed: a clear gain only when seed s meets seed s
+        # (against the GSAE's first seed alone, it would be above it on average).
+        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(
+            tmp_path, f"dense{tag}", gsae_scales[i] - 0.2, 20 + i, 0.20
+        )
+        # The GSAE's seeds in reverse: below it at seed 0, above at seed 2, equal on average.
+        runs[f"ssae/bm25/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"bm25{tag}", gsae_scales[2 - i], 30 + i, 0.25)
+    # One seed only (a sweep run, and the control): compared at the seed they share.
     runs["ssae/dense/scratch-t0-k8"] = _planted_run(tmp_path, "dense-scratch", 0.9, 40, 0.28)
+    runs["ssae/random/finetune-t0-k8"] = _planted_run(tmp_path, "random", 0.6, 50, 0.29)
     table, by_seed, compared, summary = _report(tmp_path, runs)
 
     assert sorted(table["run"].unique()) == sorted(
-        ["gsae/k8", "ssae/dense/finetune-t0-k8", "ssae/bm25/finetune-t0-k8", "ssae/dense/scratch-t0-k8"]
+        [
+            "gsae/k8",
+            "ssae/dense/finetune-t0-k8",
+            "ssae/bm25/finetune-t0-k8",
+            "ssae/dense/scratch-t0-k8",
+            "ssae/random/finetune-t0-k8",
+        ]
     )
     table, by_seed = table.set_index(["run", "set"]), by_seed.set_index(["run", "set"])
     assert len(by_seed) == 2 * len(runs) and (by_seed["n_seeds"] == 1).all()
@@ -174,23 +183,28 @@ def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
         np.testing.assert_allclose(row["fvu"], np.mean([s["fvu"] for s in seeds]))
         np.testing.assert_allclose(row["fvu_seed_sd"], np.std([s["fvu"] for s in seeds], ddof=1))
         assert row["fvu_ci_low"] <= row["fvu"] <= row["fvu_ci_high"]
+        # The seed spread is in the interval: far wider than the first seed's alone.
+        first = seeds[0]
+        assert row["fvu_ci_high"] - row["fvu_ci_low"] > 3 * (first["fvu_ci_high"] - first["fvu_ci_low"])
     assert table.loc[("ssae/dense/scratch-t0-k8", "subdomain"), "n_seeds"] == 1
     assert np.isnan(table.loc[("ssae/dense/scratch-t0-k8", "subdomain"), "fvu_seed_sd"])
-    # The seed spread is in the interval: bm25's is far wider than its first seed's alone.
-    bm25, bm25_s0 = (
-        table.loc[("ssae/bm25/finetune-t0-k8", "subdomain")],
-        by_seed.loc[("ssae/bm25/finetune-t0-k8", "subdomain")],
-    )
-    assert bm25["fvu_ci_high"] - bm25["fvu_ci_low"] > 3 * (bm25_s0["fvu_ci_high"] - bm25_s0["fvu_ci_low"])
 
     fvu = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].set_index(["run", "reference"])
     dense = fvu.loc[("ssae/dense/finetune-t0-k8", "GSAE")]
     assert dense["n_seeds"] == 3 and dense["finding"] and dense["ci_high"] < 0
-    bm25_cmp = fvu.loc[("ssae/bm25/finetune-t0-k8", "GSAE")]
-    assert bm25_cmp["n_seeds"] == 3 and not bm25_cmp["finding"] and bm25_cmp["ci_low"] < 0 < bm25_cmp["ci_high"]
-    scratch = fvu.loc[("ssae/dense/scratch-t0-k8", "GSAE")]
-    assert scratch["n_seeds"] == 1
-    np.testing.assert_allclose(scratch["reference_value"], by_seed.loc[("gsae/k8", "subdomain"), "fvu"])
+    bm25 = fvu.loc[("ssae/bm25/finetune-t0-k8", "GSAE")]
+    assert bm25["n_seeds"] == 3 and not bm25["finding"] and bm25["ci_low"] < 0 < bm25["ci_high"]
+    for run, ref in (("ssae/dense/scratch-t0-k8", "GSAE"), ("ssae/dense/finetune-t0-k8", "control")):
+        one = fvu.loc[(run, ref)]
+        assert one["n_seeds"] == 1, (run, ref)
+    # The single-seed runs meet the first seed of the other side.
+    np.testing.assert_allclose(
+        fvu.loc[("ssae/dense/scratch-t0-k8", "GSAE"), "reference_value"], by_seed.loc[("gsae/k8", "subdomain"), "fvu"]
+    )
+    np.testing.assert_allclose(
+        fvu.loc[("ssae/dense/finetune-t0-k8", "control"), "value"],
+        by_seed.loc[("ssae/dense/finetune-t0-k8", "subdomain"), "fvu"],
+    )
     assert "40 documents, 3 seeds paired)" in summary and "GSAE (3), SSAE dense finetune-t0 (3)" in summary
 
 
@@ -248,3 +262,16 @@ def test_recall_by_frequency_counts_captured_types_per_decade(tmp_path: Path) ->
     assert cumulative.loc[("gsae/k8", 1e-2), "n_types"] == 8
     assert "Subdomain token types captured on test (8 types" in summary
     assert (tmp_path / "eval" / "recall.png").stat().st_size > 10_000
+
+
+def test_frequency_bins_put_each_type_in_exactly_one_decade() -> None:
+    from ssae_steps.evaluation_report import _in_bin
+
+    edge_cases = np.array([0.0, 1e-4, np.nextafter(1e-4, 0), 5e-4, 1e-3, np.nextafter(1e-2, 0)])
+    bins = frequency_bins(edge_cases)
+    membership = np.array([_in_bin(edge_cases, low, high, cumulative=False) for low, high in bins])
+    assert (membership.sum(0) == 1).all()
+    assert bins[1:] == [(1e-5, 1e-4), (1e-4, 1e-3), (1e-3, 1e-2)]
+    # Cumulative shares count exactly the types of the decades up to that edge.
+    for i, (low, high) in enumerate(bins):
+        assert _in_bin(edge_cases, low, high, cumulative=True).sum() == membership[: i + 1].sum()
