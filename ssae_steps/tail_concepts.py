@@ -12,8 +12,15 @@ that fires on everything is not a detector):
 - tail vs head reconstruction: FVU restricted to tail-token rows and to all other rows
   (both against the set mean);
 - dedicated latents: for each concept, the latent whose firing (activation > 0) best
-  detects "this token is the concept" by F1; the concept is *captured* when that F1 is
-  at least ``detection_f1``. Tail-concept recall = captured / concepts.
+  detects "this token is the concept" by F1 on the *validation* part of the held-out
+  documents (``ssae_steps.heldout_split``); that latent's F1 is then measured on the
+  *test* part, and the concept is *captured* when the test F1 is at least
+  ``detection_f1``. Tail-concept recall = captured / concepts that occur in both parts.
+
+Recall against frequency, as the paper plots it: the same detection for *every* token type
+that occurs at least ``min_count`` times in the subdomain's held-out text (not only the
+tail concepts), each with its general-pool frequency, so the share of types an SAE
+captures can be read off per frequency decade (``evaluation_report``).
 """
 
 from __future__ import annotations
@@ -87,12 +94,18 @@ def tail_tokens(
 
 
 def concept_detection(
-    active_rows: np.ndarray, active_latents: np.ndarray, token_ids: np.ndarray, concepts: list[int], d_sae: int
+    active_rows: np.ndarray,
+    active_latents: np.ndarray,
+    token_ids: np.ndarray,
+    concepts: list[int],
+    d_sae: int,
+    latents: list[int] | None = None,
 ) -> list[dict[str, float]]:
-    """Best detecting latent per concept from the SAE's active (row, latent) pairs on an
-    evaluation set whose row ``r`` has token ``token_ids[r]``."""
+    """Per concept, how well one latent detects it on an evaluation set whose row ``r`` has
+    token ``token_ids[r]``, from the SAE's active (row, latent) pairs: the best latent by F1,
+    or the given ``latents[c]`` (chosen on other text) scored here."""
     fires = np.bincount(active_latents, minlength=d_sae)
-    concept_index = np.full(int(max(token_ids.max(), max(concepts, default=0))) + 1, -1)
+    concept_index = np.full(int(max(token_ids.max(initial=0), max(concepts, default=0))) + 1, -1)
     concept_index[np.asarray(concepts, dtype=np.int64)] = np.arange(len(concepts))
     row_concept = concept_index[token_ids]
     hit = row_concept[active_rows] >= 0
@@ -102,7 +115,7 @@ def concept_detection(
     out = []
     for c, token in enumerate(concepts):
         f1 = 2 * true_pos[c] / np.maximum(fires + support[c], 1)
-        best = int(f1.argmax())
+        best = int(f1.argmax()) if latents is None else int(latents[c])
         tp = int(true_pos[c, best])
         out.append(
             {
@@ -111,6 +124,7 @@ def concept_detection(
                 "f1": float(f1[best]),
                 "precision": tp / max(int(fires[best]), 1),
                 "recall": tp / max(int(support[c]), 1),
+                "support": int(support[c]),
             }
         )
     return out
@@ -122,6 +136,30 @@ def tail_recall(detections: list[dict[str, float]], threshold: float) -> float:
     return sum(d["f1"] >= threshold for d in detections) / len(detections)
 
 
+def token_types(general_counts: np.ndarray, heldout_counts: np.ndarray, min_count: int) -> list[dict[str, Any]]:
+    """Every token type with at least ``min_count`` occurrences in the subdomain's held-out
+    text, as rows ``{token_id, heldout_count, general_count, general_frequency}``."""
+    size = max(len(general_counts), len(heldout_counts))
+    gen, held = _padded(general_counts, size), _padded(heldout_counts, size)
+    total = max(gen.sum(), 1.0)
+    return [
+        {
+            "token_id": int(t),
+            "heldout_count": int(held[t]),
+            "general_count": int(gen[t]),
+            "general_frequency": float(gen[t] / total),
+        }
+        for t in np.flatnonzero(held >= min_count)
+    ]
+
+
+def read_token_types(path: str | Path) -> tuple[list[int], np.ndarray]:
+    """Token ids and general-pool frequencies of a :func:`token_types` table."""
+    with Path(path).open() as handle:
+        rows = list(csv.DictReader(handle))
+    return [int(r["token_id"]) for r in rows], np.array([float(r["general_frequency"]) for r in rows])
+
+
 def write_tail_table(
     cfg: TailConfig,
     subdomain_train: str | Path,
@@ -129,14 +167,25 @@ def write_tail_table(
     subdomain_heldout: str | Path,
     model_dir: str | Path,
     out: str | Path,
+    types_out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Count tokens in the three activation sets, pick the tail concepts, write them as CSV
-    (with each token's text)."""
+    (with each token's text); ``types_out``: every evaluable token type (:func:`token_types`)."""
     from transformers import AutoTokenizer
 
     from ssae_steps.activation_reader import token_counts
 
-    rows = tail_tokens(token_counts(subdomain_train), token_counts(general_train), token_counts(subdomain_heldout), cfg)
+    general, heldout = token_counts(general_train), token_counts(subdomain_heldout)
+    if types_out is not None:
+        types = token_types(general, heldout, cfg.min_count)
+        with atomic_path(types_out) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=["token_id", "heldout_count", "general_count", "general_frequency"]
+            )
+            writer.writeheader()
+            writer.writerows(types)
+        log.info("%d token types with >= %d held-out occurrences", len(types), cfg.min_count)
+    rows = tail_tokens(token_counts(subdomain_train), general, heldout, cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     for row in rows:
         row["token"] = tokenizer.decode([row["token_id"]])
@@ -157,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subdomain-heldout", required=True)
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--types-out", help="CSV of every token type with >= min_count held-out occurrences")
     args = parser.parse_args(argv)
     return run_stage(
         lambda: write_tail_table(
@@ -166,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             args.subdomain_heldout,
             args.model_dir,
             args.out,
+            args.types_out,
         )
     )
 

@@ -12,20 +12,21 @@ BatchTopK and Matryoshka, the AuxK loss that teaches dead latents to model the r
 AuxK: the ``aux_k`` largest pre-activations among dead latents reconstruct the main
 reconstruction's residual; the loss (that error over the residual's variance) is weighted
 by ``aux_coefficient``, times ``min(n_dead / aux_k, 1)`` with ``aux_dead_fraction_scale``
-(off by default, like the rest of the recipe below until the benchmark has chosen). The
+(on by default, like the rest of the recipe below: chosen by ``bench/bench_train.py``). The
 dead-fraction factor is EleutherAI
 sparsify's (1.3.3, ``sparse_coder.py``: ``scale = min(num_dead / k_aux, 1.0)``, there with
 ``k_aux = d_in // 2``; its comment: "reduce the scale of the loss if there are a small
 number of dead latents"). Gao et al.'s reference code (openai/sparse_autoencoder
 ``train.py``) uses the fixed coefficient 1/32 without it.
 
-Optimisation recipe (all in :class:`TrainConfig`; the defaults - constant lr, no
-projection, Adam - keep the earlier trainer until ``bench/bench_train.py`` has measured
-which recipe wins on this data):
+Optimisation recipe (all in :class:`TrainConfig`; the defaults - Adam at the width-scaled
+lr 1.4e-3 / sqrt(d_sae / 2**14), 5% warm-up, linear decay over the last 20%, decoder-gradient
+projection, AuxK dead-fraction scale - are what ``bench/bench_train.py`` measured best per
+token and per second on Gemma activations; ``bench/README.md`` has the numbers):
 
-- learning rate: ``lr``, or when None sparsify's width rule
-  ``base / sqrt(d_sae / 2**14)`` with sparsify's bases (``trainer.py``: Adam 2e-4,
-  signum 5e-3); the value used is ``summary.json``'s ``lr``;
+- learning rate: ``lr``, or when None sparsify's width rule ``base / sqrt(d_sae / 2**14)``
+  with our measured Adam base (1.4e-3: sparsify's 2e-4 trains far too slowly in a few
+  hundred steps) or sparsify's signum base 5e-3; the value used is ``summary.json``'s ``lr``;
 - schedule (:func:`lr_factor`, a pure function of the step, so a resumed run steps
   exactly as an uninterrupted one): linear warm-up over the first ``warmup_fraction`` of
   the run's steps, then flat, then a ``linear`` or ``cosine`` decay to about 0 over the
@@ -115,8 +116,11 @@ LOG_FIELDS = [
     "lr",
 ]
 
-BASE_LR = {"adam": 2e-4, "signum": 5e-3}
-"""sparsify's (1.3.3, ``trainer.py``) base learning rates at 2**14 latents."""
+BASE_LR = {"adam": 1.4e-3, "signum": 5e-3}
+"""Base learning rates at 2**14 latents: Adam's measured here (``bench/README.md``: at 8192
+latents, batch 1024, 400k Gemma tokens, 1.98e-3 with the schedule gives held-out FVU 0.099
+against 0.154 at 4e-4 and 0.107 at 1.4e-3; 5.6e-3 diverges), signum's sparsify's (1.3.3,
+``trainer.py``; its Adam base is 2e-4)."""
 SIGNUM_MOMENTUM = 0.95
 """sparsify's momentum of the schedule-free wrapper around SignSGD."""
 
@@ -139,20 +143,20 @@ class TrainConfig:
     TERM (then t's effect depends on the units of the loss)."""
     lr: float | None = None
     """Peak learning rate; None: sparsify's width rule ``base / sqrt(d_sae / 2**14)`` with
-    the optimiser's base (:data:`BASE_LR`: Adam 2e-4, signum 5e-3)."""
+    the optimiser's base (:data:`BASE_LR`: Adam 1.4e-3, signum 5e-3)."""
     optimizer: Literal["adam", "signum"] = "adam"
     """adam: Adam (betas 0.9, 0.999); signum: sparsify's default, schedule-free SignSGD
     (momentum 0.95; the saved SAE holds the schedule-free average)."""
-    # The schedule, projection and AuxK-scale defaults keep the earlier trainer's behaviour
-    # until bench/bench_train.py has measured which recipe wins on this data.
-    warmup_fraction: float = 0.0
+    # The schedule, projection and AuxK-scale defaults are the recipe bench/bench_train.py
+    # measured best (with Adam's base lr they keep a high lr stable at batch 1024).
+    warmup_fraction: float = 0.05
     """Share of the run's steps over which the learning rate rises linearly (from lr / W
     at the first of those W steps) to lr."""
-    lr_decay: Literal["linear", "cosine", "none"] = "none"
+    lr_decay: Literal["linear", "cosine", "none"] = "linear"
     """Decay of the learning rate to about 0 over the last ``decay_fraction`` of the steps."""
     decay_fraction: float = 0.2
     """Share of the run's steps (at its end) over which the learning rate decays."""
-    project_decoder_grad: bool = False
+    project_decoder_grad: bool = True
     """Remove from each decoder row's gradient its component along the (unit-norm) row
     before the optimiser step (rows are renormalised after it either way)."""
     batch_size: int = 1024
@@ -165,7 +169,7 @@ class TrainConfig:
     aux_k: int = 256
     """TopK: latents in the AuxK reconstruction of the residual."""
     aux_coefficient: float = 1 / 32
-    aux_dead_fraction_scale: bool = False
+    aux_dead_fraction_scale: bool = True
     """Weight the AuxK loss by ``min(n_dead / aux_k, 1)`` (sparsify's dead-fraction scale)."""
     dead_after_tokens: int = 100_000
     """A latent that has not fired for this many tokens counts as dead."""
@@ -216,36 +220,57 @@ class SpecialisedSAEPlan:
 
 
 PER_RUN_KEYS = ("init", "tilt", "epochs", "tokens", "seed")
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 @dataclass
 class TrainingPlan:
     """The workflow's ``training`` section: shared settings (a :class:`TrainConfig` without
-    the per-run keys init/tilt/epochs/tokens/seed), the GSAE and SSAE plans, and extra k values
-    for the Pareto sweep."""
+    the per-run keys init/tilt/epochs/tokens/seed), the GSAE and SSAE plans, extra k values
+    for the Pareto sweep, and the training seeds."""
 
     shared: TrainConfig
     gsae: GeneralSAEPlan
     ssae: SpecialisedSAEPlan
     k_sweep: list[int]
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    """The first trains every SAE; the others repeat the main comparison (the GSAE and each
+    strategy's SSAE with the first init and tilt, at the main k), so its numbers carry an
+    interval across seeds. An SSAE of seed s finetunes the GSAE of seed s."""
+    seed_strategies: list[str] | None = None
+    """Strategies whose SSAE gets every seed (None: all); the others train the first seed
+    only. Lets a time-limited run repeat just the comparison it reports."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "training") -> TrainingPlan:
         data = dict(data or {})
         for key in PER_RUN_KEYS:
             if key in data:
-                raise ConfigError(f"{where}.{key}: set per run (training.gsae / training.ssae, top-level seed)")
+                raise ConfigError(f"{where}.{key}: set per run (training.gsae / training.ssae / training.seeds)")
         gsae = from_mapping(GeneralSAEPlan, data.pop("gsae", None), f"{where}.gsae")
         ssae = from_mapping(SpecialisedSAEPlan, data.pop("ssae", None), f"{where}.ssae")
         k_sweep = data.pop("k_sweep", [])
+        seeds = data.pop("seeds", list(DEFAULT_SEEDS))
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise ConfigError(f"{where}.seeds: expected a non-empty list of distinct integers >= 0, got {seeds!r}")
         if not isinstance(k_sweep, list) or any(isinstance(k, bool) or not isinstance(k, int) for k in k_sweep):
             raise ConfigError(f"{where}.k_sweep: expected a list of integers, got {k_sweep!r}")
+        seed_strategies = data.pop("seed_strategies", None)
+        if seed_strategies is not None and (
+            not isinstance(seed_strategies, list) or not all(isinstance(x, str) for x in seed_strategies)
+        ):
+            raise ConfigError(f"{where}.seed_strategies: expected a list of strategy names, got {seed_strategies!r}")
         shared = TrainConfig.from_dict(data, where)
         for k in k_sweep:
             replace(shared.sae, k=k).validate(f"{where}.k_sweep")
         if gsae.pretrained is not None and k_sweep:
             raise ConfigError(f"{where}.k_sweep: needs a trained GSAE (training.gsae.pretrained is set)")
-        return cls(shared, gsae, ssae, k_sweep)
+        return cls(shared, gsae, ssae, k_sweep, seeds, seed_strategies)
 
     def run_config(self, role: Literal["gsae", "ssae"], init: str, tilt: float, k: int, seed: int) -> TrainConfig:
         length = {"epochs": self.gsae.epochs, "tokens": None} if role == "gsae" else {"tokens": self.ssae.tokens}
@@ -262,7 +287,7 @@ def input_scale_from(manifest: dict[str, Any]) -> float:
 def effective_lr(cfg: TrainConfig) -> float:
     """``cfg.lr``, or sparsify's width-scaled default ``BASE_LR[optimizer] / sqrt(d_sae / 2**14)``
     (sparsify 1.3.3 ``trainer.py``: ``cfg.lr or 2e-4 / (num_latents / 2**14) ** 0.5`` for
-    Adam, ``5e-3 / ...`` for signum)."""
+    Adam, ``5e-3 / ...`` for signum; our Adam base is 1.4e-3, see :data:`BASE_LR`)."""
     if cfg.lr is not None:
         return cfg.lr
     return BASE_LR[cfg.optimizer] / math.sqrt(cfg.sae.d_sae / 2**14)

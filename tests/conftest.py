@@ -102,7 +102,7 @@ def pipeline_config(
             "shard_tokens": 1500,
             "dtype": "float32",
             "max_train_tokens": 4000,
-            "max_heldout_tokens": 1000,
+            "max_heldout_tokens": 3000,  # enough held-out documents for validation and test parts
         },
         "training": {
             "sae": {"d_sae": 128, "k": 8},
@@ -114,6 +114,7 @@ def pipeline_config(
             "checkpoint_every": 5,
             "ssae": {"inits": ["finetune", "scratch"], "tilts": [0.0], "tokens": 4096},
             "k_sweep": [4],
+            "seeds": [0],
         },
         # A 768-token vocabulary and a few thousand tokens: looser tail-concept thresholds.
         "evaluation": {

@@ -51,10 +51,11 @@ def test_schema_and_dataclass_agree(cls: type, schema_props: dict) -> None:
 
 
 def test_training_schema_and_dataclasses_agree() -> None:
-    """``training`` = TrainConfig minus the per-run keys, plus the GSAE/SSAE plans and k_sweep."""
+    """``training`` = TrainConfig minus the per-run keys, plus the GSAE/SSAE plans, k_sweep
+    and seeds."""
     props = SCHEMA["properties"]["training"]["properties"]
     shared = {f.name for f in dataclasses.fields(TrainConfig)} - set(PER_RUN_KEYS)
-    assert set(props) == shared | {"gsae", "ssae", "k_sweep"}
+    assert set(props) == shared | {"gsae", "ssae", "k_sweep", "seeds", "seed_strategies"}
     train_defaults = _defaults(TrainConfig)
     for key in shared - {"sae"}:
         assert props[key]["default"] == train_defaults[key], key
@@ -64,6 +65,8 @@ def test_training_schema_and_dataclasses_agree() -> None:
     for key, cls in (("gsae", GeneralSAEPlan), ("ssae", SpecialisedSAEPlan)):
         assert {k: v["default"] for k, v in props[key]["properties"].items()} == _defaults(cls), key
     assert TrainingPlan.from_dict({}).k_sweep == props["k_sweep"]["default"]
+    assert TrainingPlan.from_dict({}).seeds == props["seeds"]["default"]
+    assert TrainingPlan.from_dict({}).seed_strategies == props["seed_strategies"]["default"]
 
 
 def test_evaluation_schema_and_dataclass_agree() -> None:
@@ -91,6 +94,13 @@ def test_training_plan_errors_name_the_key() -> None:
         TrainingPlan.from_dict({"ssae": {"inits": ["warm"]}})
     with pytest.raises(ConfigError, match=r"training.k_sweep.k: 9000 exceeds d_sae=8192"):
         TrainingPlan.from_dict({"k_sweep": [9000]})
+    for seeds in ([], [0, 0], [1, -2], "0"):
+        with pytest.raises(ConfigError, match=r"training.seeds: expected a non-empty list of distinct integers"):
+            TrainingPlan.from_dict({"seeds": seeds})
+    with pytest.raises(
+        ConfigError, match=r"training.seed: set per run \(training.gsae / training.ssae / training.seeds\)"
+    ):
+        TrainingPlan.from_dict({"seed": 3})
     with pytest.raises(ConfigError, match=r"training.k_sweep: needs a trained GSAE"):
         TrainingPlan.from_dict({"k_sweep": [8], "gsae": {"pretrained": "/some/sae"}})
     with pytest.raises(ConfigError, match=r"training.sae: unknown key\(s\) 'width'"):

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from ssae_steps.bootstrap import MIN_DOCS
 from tests.conftest import REPO, snakemake
 
 STRATS = ("seed", "dense", "bm25", "random")
@@ -45,10 +46,12 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["compare_selection"] == 1
     assert counts["cache_corpus_activations"] == 3  # pool train + pool held-out + subdomain held-out
     assert counts["cache_selected_activations"] == 4
-    assert counts["train_gsae"] == 1  # k=32 (no k_sweep by default)
-    assert counts["train_ssae"] == 4  # one per strategy: finetuned, t=0 (the paper's recipe)
+    # k=32 (no k_sweep by default), three training seeds: seeds 1 and 2 repeat the GSAE,
+    # the dense SSAE and the control (training.seed_strategies).
+    assert counts["train_gsae"] == 3
+    assert counts["train_ssae"] == 4 + 2 * 2  # per strategy: finetuned, t=0 (the paper's recipe)
     assert counts["training_report"] == 1
-    assert counts["evaluate_sae"] == 1 + 4  # every SAE
+    assert counts["evaluate_sae"] == 3 + 4 + 2 * 2  # every SAE
     for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents"):
         assert counts[rule] == 1, rule
     for rule in ("build_bios", "cache_bios_activations", "train_bios_ssae", "debias"):
@@ -126,11 +129,43 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     for row in metrics.itertuples():
         assert row.clean_loss == baselines[row.set]["clean_loss"]
         assert np.isfinite(row.spliced_loss) and 0 <= row.dead_fraction <= 1
+    # Every headline metric has its bootstrap interval over the test documents (none where
+    # a set has too few test documents for one).
+    enough = metrics["n_docs"] >= MIN_DOCS
+    assert enough.any()
+    for metric in ("fvu", "delta_ce", "kl", "spliced_loss", "l0"):
+        low, high = metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"]
+        assert (low[enough] <= metrics[metric][enough] + 1e-12).all(), metric
+        assert (metrics[metric][enough] <= high[enough] + 1e-12).all(), metric
+        assert low[~enough].isna().all() and high[~enough].isna().all()
+    assert (metrics["n_seeds"] == 1).all() and (metrics["n_docs"] >= 1).all()
+    np.testing.assert_allclose(metrics["delta_ce"], metrics["spliced_loss"] - metrics["clean_loss"], atol=1e-5)
+    assert set(metrics.loc[metrics["strategy"] == "random", "family"]) == {"control"}
+    assert (metrics["kl"] >= 0).all() and (metrics["validation_fvu"] > 0).all()
+    assert len(list((evals / "runs").rglob("*.per_doc.parquet"))) == len(runs)
+    compared = pd.read_csv(evals / "comparisons.csv")
+    assert {"GSAE", "control"} <= set(compared["reference"])
+    few = compared["n_docs"] < MIN_DOCS
+    assert (compared["ci_low"][~few] <= compared["ci_high"][~few]).all() and compared["ci_low"][few].isna().all()
+    # Recall against frequency: every SAE at the main k, each bin's share within [0, 1].
+    types = pd.read_csv(evals / "token_types.csv")
+    assert len(types) > 0 and (types["heldout_count"] >= 2).all()  # the test config's min_count
+    curves = pd.read_csv(evals / "recall_by_frequency.csv")
+    assert set(curves["run"]) == set(metrics.loc[metrics["k"] == 8, "run"])
+    assert curves["captured_share"].dropna().between(0, 1).all()
+    everything = curves[curves["cumulative"]].groupby("run")["n_types"].max()
+    assert (everything <= len(types)).all() and (everything > 0).all()
+    assert (evals / "recall_by_frequency.png").stat().st_size > 10_000
+    assert len(pd.read_csv(evals / "metrics_by_seed.csv")) == len(metrics)  # one seed per SAE here
+    # Dead latents over every held-out token: at most those dead on each set's test part.
+    assert (metrics["dead_fraction_heldout"] <= metrics["dead_fraction"] + 1e-12).all()
+    assert (metrics["dead_over_tokens"] > metrics["eval_tokens"]).all()
     tail = pd.read_csv(evals / "tail_tokens.csv")
     assert len(tail) > 0 and (tail["ratio"] >= 2.0).all()  # the test config's min_ratio
     assert (metrics["tail_concepts"] == len(tail)).all()
     summary = (evals / "summary.md").read_text()
     assert "FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2" in summary and "Best SSAE" in summary
+    assert "vs control" in summary and "95% CI of the difference" in summary
     assert (evals / "pareto.png").stat().st_size > 10_000 and (evals / "comparison.png").stat().st_size > 10_000
     assert "## Latent" in (evals / "top_latents.md").read_text()
 
@@ -155,7 +190,8 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     report = snakemake(workdir, "--configfile", str(test_config), "--report", "results/report.html")
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "results/report.html").read_text(errors="replace")
-    for figure in ("overview.png", "comparison.png", "training_curves.png", "pareto.png", "worst_group.png"):
+    figures = ("overview.png", "comparison.png", "training_curves.png", "pareto.png", "worst_group.png")
+    for figure in (*figures, "recall_by_frequency.png"):
         assert figure in html, figure
 
 
@@ -246,6 +282,14 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 **EVAL_REPORTS,
             },
         ),
+        # The validation/test split: what is measured on test, not the tail concepts or top latents.
+        (
+            "evaluation.validation_fraction",
+            0.4,
+            {"eval_baselines": 1, "evaluate_sae": 2 + SSAES, "evaluation_report": 1},
+        ),
+        # The bootstrap: the overview only.
+        ("evaluation.bootstrap_samples", 200, {"evaluation_report": 1}),
         # A tail-concept parameter: evaluation only, no training.
         (
             "evaluation.tail.min_ratio",
@@ -307,6 +351,35 @@ def test_module_edit_reruns_only_its_rules(local_run: Path, tmp_path: Path) -> N
     assert jobs == {"compare_selection": 1}
 
 
+def test_an_extra_seed_trains_the_main_comparison_from_its_own_gsae(local_run: Path) -> None:
+    """A second training seed adds the GSAE and each strategy's first-recipe SSAE at the
+    main k, each SSAE finetuned from its own seed's GSAE; nothing already trained reruns."""
+    config = _with(yaml.safe_load((local_run / "config.yaml").read_text()), "training.seeds", [0, 1])
+    changed = local_run / "changed-seeds.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(local_run, "--configfile", str(changed), "-n", "-p")
+    jobs = planned_jobs(result)
+    jobs.pop("all", None)
+    assert jobs == {
+        "train_gsae": 1,
+        "train_ssae": len(STRATS),
+        "training_report": 1,
+        "evaluate_sae": 1 + len(STRATS),
+        "evaluation_report": 1,
+    }
+    text = result.stdout + result.stderr
+    assert "--role gsae --k 8 --seed 1 " in text and "results/sae/general/k8-s1" in text
+    # Only the named strategies' SSAEs get the extra seed.
+    config = _with(config, "training.seed_strategies", ["dense", "random"])
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
+    assert jobs["train_ssae"] == 2 and jobs["evaluate_sae"] == 3
+    for strategy in STRATS:
+        out = f"--out-dir results/sae/physics/{strategy}/finetune-t0-k8-s1"
+        command = next(line for line in text.splitlines() if out in line)
+        assert "--seed 1 " in command and "--init-from results/sae/general/k8-s1/sae" in command
+
+
 def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout + result.stderr
@@ -322,6 +395,11 @@ def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
             "model: Additional properties are not allowed ('hook_layr'",
         ),
         ({"seed": "zero"}, "seed: 'zero' is not of type 'integer'"),
+        ({"training": {"seeds": [0, 0]}}, "training.seeds: [0, 0] has non-unique elements"),
+        (
+            {"training": {"seed_strategies": ["dense", "rand"]}},
+            "training.seed_strategies: ['rand'] not in retrieval.strategies",
+        ),
         (
             {"corpora": {"g": {"sources": [{"kind": "jsonl", "path": "/no/such.jsonl"}]}}},
             "corpora.g.sources[0].path: no file matches",

@@ -69,7 +69,7 @@ rule train_bios_ssae:
         summary="results/sae/bios/ssae/summary.json",
     params:
         cfg=as_json(SSAE_PARAMS),
-        seed=config["seed"],
+        seed=SEEDS[0],
         tilt=DEBIAS["ssae_tilt"],
         device=DEVICE,
         code=code_version(*TRAIN_CODE),

@@ -1,8 +1,12 @@
 # Evaluation of every SAE on the held-out general and subdomain activation sets:
 #   eval/tail_tokens.csv          the subdomain's tail concepts
+#   eval/token_types.csv          every subdomain token type with its general-pool frequency
 #   eval/baselines.json           clean and zero-ablation loss per set
-#   eval/runs/RUN.json            one SAE's metrics (RUN = its directory under results/sae)
-#   eval/summary.md, metrics.csv  the overview, with Pareto and comparison plots
+#   eval/runs/RUN.json            one SAE's metrics on the test part of each set (RUN = its
+#                                 directory under results/sae), RUN.per_doc.parquet its
+#                                 per-document sums for the bootstrap
+#   eval/summary.md, metrics.csv  the overview (intervals over test documents and seeds,
+#                                 metrics_by_seed.csv, paired comparisons.csv), with plots
 
 EVAL_SETS = {
     "general": f"results/activations/corpus/{POOL}/heldout/manifest.json",
@@ -10,7 +14,9 @@ EVAL_SETS = {
 }
 # Each rule gets only the keys it reads, so e.g. a new tail threshold keeps the baselines.
 EVAL = config["evaluation"]
-LOSS_KEYS = {key: EVAL[key] for key in ("loss_tokens", "batch_size")}
+# The validation/test split and the scored windows depend on loss_tokens, batch_size and
+# validation_fraction (and the top-level seed); the bootstrap only on bootstrap_samples.
+LOSS_KEYS = {key: EVAL[key] for key in ("loss_tokens", "batch_size", "validation_fraction")}
 SAE_EVAL_KEYS = {**LOSS_KEYS, "dense_threshold": EVAL["dense_threshold"], "tail": EVAL["tail"]}
 SHOW_KEYS = {key: EVAL[key] for key in ("top_latents", "contexts_per_latent")}
 EVAL_SET_ARGS = " ".join(f"{name}={path}" for name, path in EVAL_SETS.items())
@@ -50,7 +56,8 @@ rule tail_concepts:
         heldout=EVAL_SETS["subdomain"],
         model="results/model/model.json",
     output:
-        "results/eval/tail_tokens.csv",
+        tail="results/eval/tail_tokens.csv",
+        types="results/eval/token_types.csv",
     params:
         cfg=as_json(EVAL["tail"]),
         code=code_version("tail_concepts", "activation_reader"),
@@ -61,7 +68,7 @@ rule tail_concepts:
     shell:
         "{PY:q} -m ssae_steps.tail_concepts --params {params.cfg:q} --subdomain-train {input.subdomain} "
         "--general-train {input.general} --subdomain-heldout {input.heldout} --model-dir results/model/hf "
-        "--out {output} > {log} 2>&1"
+        "--out {output.tail} --types-out {output.types} > {log} 2>&1"
 
 
 rule eval_baselines:
@@ -72,9 +79,12 @@ rule eval_baselines:
         "results/eval/baselines.json",
     params:
         cfg=as_json(LOSS_KEYS),
+        seed=config["seed"],
         hook_layer=config["model"]["hook_layer"],
         device=DEVICE,
-        code=code_version("evaluate", "sae", "model", "tail_concepts", "activation_reader", "_cli"),
+        code=code_version(
+            "evaluate", "sae", "model", "tail_concepts", "activation_reader", "bootstrap", "heldout_split", "_cli"
+        ),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
@@ -86,7 +96,7 @@ rule eval_baselines:
         "benchmarks/eval/baselines.tsv"
     shell:
         "{PY:q} -m ssae_steps.evaluate baselines --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
-        "--model-dir results/model/hf --hook-layer {params.hook_layer} --out {output} "
+        "--model-dir results/model/hf --hook-layer {params.hook_layer} --seed {params.seed} --out {output} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
 
@@ -94,17 +104,22 @@ rule evaluate_sae:
     input:
         sae="results/sae/{run}/summary.json",
         tail="results/eval/tail_tokens.csv",
+        types="results/eval/token_types.csv",
         sets=list(EVAL_SETS.values()),
         model="results/model/model.json",
     output:
-        "results/eval/runs/{run}.json",
+        metrics="results/eval/runs/{run}.json",
+        per_doc="results/eval/runs/{run}.per_doc.parquet",
     wildcard_constraints:
-        run=r"general/k\d+|" + SUBDOMAIN + r"/\w+/\w+-t[0-9.e+-]+-k\d+",
+        run=r"general/k\d+(-s\d+)?|" + SUBDOMAIN + r"/\w+/\w+-t[0-9.e+-]+-k\d+(-s\d+)?",
     params:
         cfg=as_json(SAE_EVAL_KEYS),
+        seed=config["seed"],
         hook_layer=config["model"]["hook_layer"],
         device=DEVICE,
-        code=code_version("evaluate", "sae", "model", "tail_concepts", "activation_reader", "_cli"),
+        code=code_version(
+            "evaluate", "sae", "model", "tail_concepts", "activation_reader", "bootstrap", "heldout_split", "_cli"
+        ),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,
@@ -116,16 +131,27 @@ rule evaluate_sae:
         "benchmarks/eval/runs/{run}.tsv"
     shell:
         "{PY:q} -m ssae_steps.evaluate sae --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
-        "--sae-dir results/sae/{wildcards.run}/sae --tail-table {input.tail} --model-dir results/model/hf "
-        "--hook-layer {params.hook_layer} --out {output} --device {params.device} --threads {threads} > {log} 2>&1"
+        "--sae-dir results/sae/{wildcards.run}/sae --tail-table {input.tail} --types-table {input.types} "
+        "--model-dir results/model/hf "
+        "--hook-layer {params.hook_layer} --seed {params.seed} --out {output.metrics} --device {params.device} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule evaluation_report:
     input:
         runs=lambda wc: [eval_json(d) for d in sae_runs().values()],
+        per_doc=lambda wc: [eval_json(d).removesuffix(".json") + ".per_doc.parquet" for d in sae_runs().values()],
         baselines="results/eval/baselines.json",
     output:
         table="results/eval/metrics.csv",
+        comparisons="results/eval/comparisons.csv",
+        by_seed="results/eval/metrics_by_seed.csv",
+        recall_table="results/eval/recall_by_frequency.csv",
+        recall=report(
+            "results/eval/recall_by_frequency.png",
+            caption="../report/eval_recall.rst",
+            category="3. Evaluation",
+        ),
         parquet="results/eval/metrics.parquet",
         pareto=report(
             "results/eval/pareto.png", caption="../report/eval_pareto.rst", category="3. Evaluation"
@@ -138,15 +164,19 @@ rule evaluation_report:
         runs=lambda wc: as_json({name: eval_json(d) for name, d in sae_runs().items()}),
         sweep=lambda wc: as_json(pareto_curves()),
         main_k=MAIN_K,
-        code=code_version("evaluation_report", "_cli"),
+        samples=EVAL["bootstrap_samples"],
+        seed=config["seed"],
+        code=code_version("evaluation_report", "evaluate", "bootstrap", "heldout_split", "_cli"),
     conda:
         ENV
     log:
         "logs/eval/report.log",
     shell:
         "{PY:q} -m ssae_steps.evaluation_report --runs {params.runs:q} --baselines {input.baselines} "
-        "--main-k {params.main_k} --sweep {params.sweep:q} --out-table {output.table} "
+        "--main-k {params.main_k} --sweep {params.sweep:q} --bootstrap-samples {params.samples} "
+        "--seed {params.seed} --out-table {output.table} "
         "--out-pareto {output.pareto} --out-comparison {output.comparison} --out-summary {output.summary} "
+        "--out-recall {output.recall} "
         "> {log} 2>&1"
 
 

@@ -1,32 +1,65 @@
 # SAE training:
-#   sae/general/kK                                  GSAE (trained on the pool, or imported)
-#   sae/SUBDOMAIN/STRATEGY/INIT-tTILT-kK            SSAEs, one per strategy x init x tilt (x k)
-# Checkpoints sit next to the declared outputs, so a failed or killed job resumes from them.
+#   sae/general/kK[-sS]                             GSAE (trained on the pool, or imported)
+#   sae/SUBDOMAIN/STRATEGY/INIT-tTILT-kK[-sS]       SSAEs, one per strategy x init x tilt (x k)
+# Runs of the first training seed have no -sS suffix; the other seeds repeat the main
+# comparison. Checkpoints sit next to the declared outputs, so a failed or killed job
+# resumes from them.
 
 MAIN_K = TRAINING_PLAN.shared.sae.k
+SEEDS = TRAINING_PLAN.seeds
 TRAIN_CODE = train_sae_module.CODE
 # Each rule gets only the training keys it reads, so adding a tilt retrains only the
-# SSAEs with that tilt (the lists of inits and tilts become wildcards instead).
-SHARED_TRAINING = {k: v for k, v in config["training"].items() if k not in ("gsae", "ssae", "k_sweep")}
+# SSAEs with that tilt (the lists of inits and tilts become wildcards instead), and adding
+# a seed trains only that seed's runs.
+SHARED_TRAINING = {
+    k: v
+    for k, v in config["training"].items()
+    if k not in ("gsae", "ssae", "k_sweep", "seeds", "seed_strategies")
+}
+SEED_STRATEGIES = STRATEGIES if TRAINING_PLAN.seed_strategies is None else TRAINING_PLAN.seed_strategies
+_unknown = [s for s in SEED_STRATEGIES if s not in STRATEGIES]
+if _unknown:
+    raise WorkflowError(
+        f"invalid config: training.seed_strategies: {_unknown} not in retrieval.strategies {STRATEGIES}"
+    )
 GSAE_PARAMS = {**SHARED_TRAINING, "gsae": config["training"]["gsae"]}
 SSAE_PARAMS = {**SHARED_TRAINING, "ssae": {"tokens": config["training"]["ssae"]["tokens"]}}
 # The Pareto sweep's SSAEs: dense retrieval (the paper's best) with the first init and tilt.
 SWEEP_STRATEGY = "dense" if "dense" in STRATEGIES else STRATEGIES[0]
+SEED_TAG = r"(-s\d+)?"
 
 
 def tilt_label(tilt):
     return f"{tilt:g}"
 
 
+def seed_tag(seed):
+    """Run-name suffix of a training seed: none for the first, -sS for the others."""
+    return "" if seed == SEEDS[0] else f"-s{seed}"
+
+
+def seed_of(tag):
+    return SEEDS[0] if not tag else int(tag.removeprefix("-s"))
+
+
+def gsae_tag(seed):
+    """The GSAE an SSAE of this seed finetunes: its own seed's, or the one imported GSAE."""
+    return "" if TRAINING_PLAN.gsae.pretrained is not None else seed_tag(seed)
+
+
 def sae_runs():
     """Every SAE the workflow trains, as {name: directory}; names are stable report labels."""
     ssae = TRAINING_PLAN.ssae
-    runs = {f"gsae/k{MAIN_K}": f"results/sae/general/k{MAIN_K}"}
-    for strategy in STRATEGIES:
-        for init in ssae.inits:
-            for tilt in ssae.tilts:
-                run = f"{init}-t{tilt_label(tilt)}-k{MAIN_K}"
-                runs[f"ssae/{strategy}/{run}"] = f"results/sae/{SUBDOMAIN}/{strategy}/{run}"
+    runs = {}
+    for seed in SEEDS:
+        tag = seed_tag(seed)
+        if not tag or TRAINING_PLAN.gsae.pretrained is None:
+            runs[f"gsae/k{MAIN_K}{tag}"] = f"results/sae/general/k{MAIN_K}{tag}"
+        for strategy in STRATEGIES if not tag else SEED_STRATEGIES:
+            for init in ssae.inits if not tag else ssae.inits[:1]:
+                for tilt in ssae.tilts if not tag else ssae.tilts[:1]:
+                    run = f"{init}-t{tilt_label(tilt)}-k{MAIN_K}{tag}"
+                    runs[f"ssae/{strategy}/{run}"] = f"results/sae/{SUBDOMAIN}/{strategy}/{run}"
     for k in TRAINING_PLAN.k_sweep:
         run = f"{ssae.inits[0]}-t{tilt_label(ssae.tilts[0])}-k{k}"
         runs[f"gsae/k{k}"] = f"results/sae/general/k{k}"
@@ -38,15 +71,16 @@ rule train_gsae:
     input:
         activations=f"results/activations/corpus/{POOL}/train/manifest.json",
     output:
-        sae=directory("results/sae/general/k{k}/sae"),
-        log_csv="results/sae/general/k{k}/train_log.csv",
-        summary="results/sae/general/k{k}/summary.json",
+        sae=directory("results/sae/general/k{k}{seedtag}/sae"),
+        log_csv="results/sae/general/k{k}{seedtag}/train_log.csv",
+        summary="results/sae/general/k{k}{seedtag}/summary.json",
     wildcard_constraints:
         k=r"\d+",
+        seedtag=SEED_TAG,
     params:
         cfg=as_json(GSAE_PARAMS),
         pretrained=content_digest(TRAINING_PLAN.gsae.pretrained) if TRAINING_PLAN.gsae.pretrained else "",
-        seed=config["seed"],
+        seed=lambda wc: seed_of(wc.seedtag),
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
         code=code_version(*TRAIN_CODE),
@@ -56,9 +90,9 @@ rule train_gsae:
     conda:
         ENV
     log:
-        "logs/train_sae/general/k{k}.log",
+        "logs/train_sae/general/k{k}{seedtag}.log",
     benchmark:
-        "benchmarks/train_sae/general/k{k}.tsv"
+        "benchmarks/train_sae/general/k{k}{seedtag}.tsv"
     shell:
         "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role gsae --k {wildcards.k} "
         "--seed {params.seed} --manifest {input.activations} --out-dir {params.out_dir} "
@@ -68,7 +102,8 @@ rule train_gsae:
 def ssae_inputs(wildcards):
     inputs = {"activations": f"results/activations/selected/{SUBDOMAIN}/{wildcards.strategy}/manifest.json"}
     if wildcards.init == "finetune":
-        inputs["gsae"] = f"results/sae/general/k{wildcards.k}/summary.json"
+        tag = gsae_tag(seed_of(wildcards.seedtag))
+        inputs["gsae"] = f"results/sae/general/k{wildcards.k}{tag}/summary.json"
     return inputs
 
 
@@ -76,18 +111,19 @@ rule train_ssae:
     input:
         unpack(ssae_inputs),
     output:
-        sae=directory("results/sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}/sae"),
-        log_csv="results/sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}/train_log.csv",
-        summary="results/sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}/summary.json",
+        sae=directory("results/sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}{seedtag}/sae"),
+        log_csv="results/sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}{seedtag}/train_log.csv",
+        summary="results/sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}{seedtag}/summary.json",
     wildcard_constraints:
         subdomain=SUBDOMAIN,
         strategy="|".join(STRATEGIES),
         init="finetune|scratch",
         tilt=r"[0-9.e+-]+",
         k=r"\d+",
+        seedtag=SEED_TAG,
     params:
         cfg=as_json(SSAE_PARAMS),
-        seed=config["seed"],
+        seed=lambda wc: seed_of(wc.seedtag),
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
         init_from=lambda wc, input: f"--init-from {Path(input.gsae).parent / 'sae'}" if "gsae" in input.keys() else "",
@@ -98,9 +134,9 @@ rule train_ssae:
     conda:
         ENV
     log:
-        "logs/train_sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}.log",
+        "logs/train_sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}{seedtag}.log",
     benchmark:
-        "benchmarks/train_sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}.tsv"
+        "benchmarks/train_sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}{seedtag}.tsv"
     shell:
         "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role ssae --init {wildcards.init} "
         "--tilt {wildcards.tilt} --k {wildcards.k} --seed {params.seed} --manifest {input.activations} "
