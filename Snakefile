@@ -20,6 +20,7 @@ include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/term_study.smk"
 include: "workflow/rules/debias.smk"
 
 
@@ -34,4 +35,5 @@ rule all:
         "results/sae/training_curves.png",
         "results/eval/summary.md",
         "results/eval/top_latents.md",
+        term_outputs(),
         "results/debias/summary.md" if config["debias"]["enabled"] else [],

@@ -419,3 +419,28 @@ def test_bad_config_stops_before_any_job(local_run: Path, tmp_path: Path, patch:
     assert result.returncode != 0
     assert expected in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_term_study_trains_each_tilt_and_compares_it_with_erm(local_run: Path) -> None:
+    """term_study.enabled: the dense SSAE at each tilt and k (reusing the runs the main
+    comparison and the k sweep already have), evaluated and compared with ERM."""
+    config = yaml.safe_load((local_run / "config.yaml").read_text())
+    config["term_study"] = {"enabled": True, "tilts": [0.0, 1.0], "extra_ks": [4], "seeds": 1}
+    changed = local_run / "changed-term.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
+    jobs.pop("all", None)
+    # New: t=1 at k=8 and k=4; t=0 at both k are the main and sweep SSAEs already trained.
+    assert jobs == {"train_ssae": 2, "evaluate_sae": 2, "term_study": 1}
+    result = snakemake(local_run, "--configfile", str(changed), "--cores", "2", "results/eval/term_study.md")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(local_run / "results/eval/term_study.csv")
+    assert set(zip(table["tilt"], table["k"], strict=True)) == {(0.0, 8), (1.0, 8), (0.0, 4), (1.0, 4)}
+    assert (table.loc[table["tilt"] == 1.0, "tilt_ess"] < 1).all() and (
+        table.loc[table["tilt"] == 0, "tilt_ess"] == 1
+    ).all()
+    compared = pd.read_csv(local_run / "results/eval/term_comparisons.csv")
+    assert set(compared["reference_run"]) == {"ssae/dense/finetune-t0-k8", "ssae/dense/finetune-t0-k4"}
+    summary = (local_run / "results/eval/term_study.md").read_text()
+    assert "t=1, k=8, subdomain (1 seed)" in summary
+    assert (local_run / "results/eval/term_study.png").stat().st_size > 10_000
