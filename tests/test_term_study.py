@@ -85,3 +85,32 @@ def test_term_study_config_names_the_key() -> None:
         TermStudyConfig.from_dict({"tilts": [1.0, 10.0]})
     with pytest.raises(ConfigError, match=r"term_study.seeds: at least 1"):
         TermStudyConfig.from_dict({"seeds": 0})
+
+
+def test_unequal_seeds_pair_only_the_shared_seed_and_missing_types_give_nan(tmp_path: Path) -> None:
+    """The tilted run has two seeds, ERM one: the comparison uses seed 0 of both (not the
+    tilted run's mean). A run evaluated without token types has NaN captured shares."""
+    specs = {
+        "ssae/dense/finetune-t0-k8": (1.0, 1, 1.0),
+        "ssae/dense/finetune-t5-k8": (1.0, 3, 0.5),
+        "ssae/dense/finetune-t5-k8-s1": (2.0, 4, 0.5),
+    }
+    runs, logs = {}, {}
+    for name, (scale, noise, ess) in specs.items():
+        runs[name], logs[name] = _run(tmp_path, name, scale, noise, [True] * 6, ess)
+    stripped = json.loads(Path(runs["ssae/dense/finetune-t0-k8"]).read_text())
+    del stripped["types"]
+    Path(runs["ssae/dense/finetune-t0-k8"]).write_text(json.dumps(stripped))
+    baselines = tmp_path / "baselines.json"
+    base = {"clean_loss": 3.0, "zero_ablation_loss": 10.0, "loss_tokens": 100}
+    baselines.write_text(json.dumps({"general": base, "subdomain": base}))
+    out = tmp_path / "eval"
+    table = term_study(runs, logs, baselines, 1e-4, out / "t.csv", out / "t.png", out / "t.md", Bootstrap(300, 0))
+    sub = table[table["set"] == "subdomain"].set_index("tilt")
+    assert np.isnan(sub.loc[0.0, "captured_all"]) and sub.loc[5.0, "captured_all"] == 1.0
+    compared = pd.read_csv(out / "term_comparisons.csv")
+    row = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].iloc[0]
+    assert row["n_seeds"] == 1
+    # Seed 0 alone (error scale 1.0), below the mean over both seeds (scales 1.0 and 2.0).
+    assert row["value"] < 0.8 * sub.loc[5.0, "fvu"]
+    assert not row["finding"]  # seed 0 of t=5 equals ERM but for noise

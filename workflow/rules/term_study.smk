@@ -4,12 +4,24 @@
 # SAE, then compared with plain ERM at the same k:
 #   eval/term_study.csv, term_comparisons.csv, term_study.png, term_study.md
 
+from dataclasses import replace
+
 TERM = config["term_study"]
 TERM_PLAN = TermStudyConfig.from_dict({k: v for k, v in TERM.items() if k != "enabled"})
 if TERM["enabled"] and TERM_PLAN.seeds > len(SEEDS):
     raise WorkflowError(
         f"invalid config: term_study.seeds: {TERM_PLAN.seeds} exceeds the {len(SEEDS)} of training.seeds"
     )
+# An imported GSAE has one k, and a finetuned SSAE takes its GSAE's k.
+if TERM["enabled"] and TRAINING_PLAN.gsae.pretrained is not None and set(TERM_PLAN.extra_ks) - {MAIN_K}:
+    raise WorkflowError(
+        "invalid config: term_study.extra_ks: needs a trained GSAE (training.gsae.pretrained is set); use []"
+    )
+for _k in TERM_PLAN.extra_ks:
+    try:
+        replace(TRAINING_PLAN.shared.sae, k=_k).validate("term_study.extra_ks")
+    except ConfigError as exc:
+        raise WorkflowError(f"invalid config: {exc}")
 
 
 def term_runs():
