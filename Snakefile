@@ -20,18 +20,30 @@ include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/term_study.smk"
 include: "workflow/rules/debias.smk"
+
+
+# What the default target builds; the cost page summarises the jobs behind all of it.
+FINAL_OUTPUTS = [
+    "results/model/model.json",
+    *expand("results/corpora/{corpus}/summary.json", corpus=CORPORA),
+    "results/corpora/overview.png",
+    f"results/retrieval/{SUBDOMAIN}/comparison.md",
+    *activation_manifests(),
+    "results/sae/training_curves.png",
+    "results/eval/summary.md",
+    "results/eval/top_latents.md",
+    *term_outputs(),
+    *(["results/debias/summary.md"] if config["debias"]["enabled"] else []),
+]
+
+
+include: "workflow/rules/cost.smk"
 
 
 rule all:
     default_target: True
     input:
-        "results/model/model.json",
-        expand("results/corpora/{corpus}/summary.json", corpus=CORPORA),
-        "results/corpora/overview.png",
-        f"results/retrieval/{SUBDOMAIN}/comparison.md",
-        activation_manifests(),
-        "results/sae/training_curves.png",
-        "results/eval/summary.md",
-        "results/eval/top_latents.md",
-        "results/debias/summary.md" if config["debias"]["enabled"] else [],
+        FINAL_OUTPUTS,
+        "results/cost.md",

@@ -322,6 +322,7 @@ def main() -> int:
         "--saelens-sweep-fraction", type=float, default=0.25, help="share of --tokens each SAELens lr trial trains"
     )
     parser.add_argument("--json", type=Path, default=None, help="write every result and the sweep here")
+    parser.add_argument("--default-only", action="store_true", help="ours: the default recipe only, no variants")
     parser.add_argument("--synthetic", action="store_true", help="synthetic sparse data instead of cached activations")
     parser.add_argument("--plot", type=Path, default=None, help="FVU-vs-tokens PNG (default: in the temp folder)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -361,7 +362,7 @@ def main() -> int:
     if "ours" in trainers:
         # Each distinct recipe trains once; a variant equal to the default is labelled so.
         variants = {"ours (default recipe)": {}}
-        for optimizer in ("adam", "signum"):
+        for optimizer in () if args.default_only else ("adam", "signum"):
             variants[f"ours, {optimizer}"] = {"optimizer": optimizer}
             variants[f"ours, {optimizer} + schedule, projection, AuxK scale"] = {**FULL_RECIPE, "optimizer": optimizer}
         trained: dict[str, str] = {}  # the effective config -> the name it was first run under

@@ -16,6 +16,7 @@ from ssae_steps.evaluate import EvaluationConfig
 from ssae_steps.model import ModelConfig
 from ssae_steps.sae import SAEConfig
 from ssae_steps.tail_concepts import TailConfig
+from ssae_steps.term_study import TermStudyConfig
 from ssae_steps.text_sources import SourceConfig
 from ssae_steps.train_sae import PER_RUN_KEYS, GeneralSAEPlan, SpecialisedSAEPlan, TrainConfig, TrainingPlan
 
@@ -76,6 +77,12 @@ def test_evaluation_schema_and_dataclass_agree() -> None:
     assert {k: v["default"] for k, v in props.items() if k != "tail"} == {
         k: v for k, v in defaults.items() if k != "tail"
     }
+
+
+def test_term_study_schema_and_dataclass_agree() -> None:
+    props = SCHEMA["properties"]["term_study"]["properties"]
+    assert set(props) == {f.name for f in dataclasses.fields(TermStudyConfig)} | {"enabled"}
+    assert {k: v["default"] for k, v in props.items() if k != "enabled"} == _defaults(TermStudyConfig)
 
 
 def test_debias_schema_and_dataclass_agree() -> None:

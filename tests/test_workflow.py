@@ -182,6 +182,11 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     for log in ("logs/prepare_model.log", "logs/build_corpus/general.log", "logs/corpus_overview.log"):
         assert (workdir / log).exists(), log
     assert (workdir / "benchmarks/prepare_model.tsv").exists()
+    # The cost page covers every benchmarked job of the run.
+    cost = pd.read_csv(workdir / "results/cost.csv")
+    assert len(cost) == len(list((workdir / "benchmarks").rglob("*.tsv")))
+    assert {"train_sae", "eval", "cache_activations", "prepare_model"} <= set(cost["stage"])
+    assert "summed wall time" in (workdir / "results/cost.md").read_text()
 
     again = snakemake(workdir, "--configfile", str(test_config), "-n")
     assert again.returncode == 0
@@ -190,7 +195,7 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     report = snakemake(workdir, "--configfile", str(test_config), "--report", "results/report.html")
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "results/report.html").read_text(errors="replace")
-    figures = ("overview.png", "comparison.png", "training_curves.png", "pareto.png", "worst_group.png")
+    figures = ("overview.png", "comparison.png", "training_curves.png", "pareto.png", "worst_group.png", "cost.png")
     for figure in (*figures, "recall_by_frequency.png"):
         assert figure in html, figure
 
@@ -304,7 +309,7 @@ def test_config_change_reruns_only_dependent_stages(local_run: Path, key: str, v
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
     jobs.pop("all", None)
-    assert jobs == expected
+    assert jobs == {**expected, "cost_report": 1}  # the cost page follows any rerun
 
 
 def test_local_model_replaced_in_place_reruns_everything(local_run: Path, tiny_model_dir: Path) -> None:
@@ -348,7 +353,7 @@ def test_module_edit_reruns_only_its_rules(local_run: Path, tmp_path: Path) -> N
     module.write_text(module.read_text() + "\n# an edit\n")
     jobs = planned_jobs(snakemake(local_run, "-s", str(copy / "Snakefile"), *config, "-n"))
     jobs.pop("all", None)
-    assert jobs == {"compare_selection": 1}
+    assert jobs == {"compare_selection": 1, "cost_report": 1}
 
 
 def test_an_extra_seed_trains_the_main_comparison_from_its_own_gsae(local_run: Path) -> None:
@@ -366,6 +371,7 @@ def test_an_extra_seed_trains_the_main_comparison_from_its_own_gsae(local_run: P
         "training_report": 1,
         "evaluate_sae": 1 + len(STRATS),
         "evaluation_report": 1,
+        "cost_report": 1,
     }
     text = result.stdout + result.stderr
     assert "--role gsae --k 8 --seed 1 " in text and "results/sae/general/k8-s1" in text
@@ -419,3 +425,27 @@ def test_bad_config_stops_before_any_job(local_run: Path, tmp_path: Path, patch:
     assert result.returncode != 0
     assert expected in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_term_study_trains_each_tilt_and_compares_it_with_erm(local_run: Path) -> None:
+    """term_study.enabled: the dense SSAE at each tilt and k (reusing the runs the main
+    comparison and the k sweep already have), evaluated and compared with ERM."""
+    config = yaml.safe_load((local_run / "config.yaml").read_text())
+    config["term_study"] = {"enabled": True, "tilts": [0.0, 1.0], "extra_ks": [4], "seeds": 1}
+    changed = local_run / "changed-term.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
+    jobs.pop("all", None)
+    # New: t=1 at k=8 and k=4; t=0 at both k are the main and sweep SSAEs already trained.
+    assert jobs == {"train_ssae": 2, "evaluate_sae": 2, "term_study": 1, "cost_report": 1}
+    result = snakemake(local_run, "--configfile", str(changed), "--cores", "2", "results/eval/term_study.md")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(local_run / "results/eval/term_study.csv")
+    assert set(zip(table["tilt"], table["k"], strict=True)) == {(0.0, 8), (1.0, 8), (0.0, 4), (1.0, 4)}
+    assert (table.loc[table["tilt"] == 1.0, "tilt_ess"] < 1 - 1e-6).all()
+    assert table.loc[table["tilt"] == 0, "tilt_ess"].to_numpy() == pytest.approx(1.0)
+    compared = pd.read_csv(local_run / "results/eval/term_comparisons.csv")
+    assert set(compared["reference_run"]) == {"ssae/dense/finetune-t0-k8", "ssae/dense/finetune-t0-k4"}
+    summary = (local_run / "results/eval/term_study.md").read_text()
+    assert "t=1, k=8, subdomain (1 seed)" in summary
+    assert (local_run / "results/eval/term_study.png").stat().st_size > 10_000

@@ -17,6 +17,7 @@ from ssae_steps.debias import DebiasConfig  # noqa: E402
 from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
 from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
+from ssae_steps.term_study import TermStudyConfig  # noqa: E402
 from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
 from ssae_steps import activations as activations_module  # noqa: E402
 from ssae_steps import train_sae as train_sae_module  # noqa: E402
@@ -39,6 +40,7 @@ try:
     TRAINING_PLAN = TrainingPlan.from_dict(config["training"])
     EvaluationConfig.from_dict(config["evaluation"])
     DebiasConfig.from_dict({k: v for k, v in config["debias"].items() if k != "enabled"})
+    TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
     if TRAINING_PLAN.gsae.pretrained is not None:
         from ssae_steps.sae import load_sae
 

@@ -1,0 +1,21 @@
+# The cost page: wall time, CPU time and peak memory per job and per stage, from the
+# benchmark TSVs of every job behind the final outputs (so it runs last).
+#   results/cost.csv, cost.png, cost.md
+
+
+rule cost_report:
+    input:
+        FINAL_OUTPUTS,
+    output:
+        table="results/cost.csv",
+        plot=report("results/cost.png", caption="../report/cost.rst", category="5. Cost"),
+        summary=report("results/cost.md", caption="../report/cost.rst", category="5. Cost"),
+    params:
+        code=code_version("cost_report", "_cli"),
+    conda:
+        ENV
+    log:
+        "logs/cost_report.log",
+    shell:
+        "{PY:q} -m ssae_steps.cost_report --benchmarks benchmarks --out-table {output.table} "
+        "--out-plot {output.plot} --out-summary {output.summary} > {log} 2>&1"
