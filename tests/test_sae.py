@@ -158,13 +158,13 @@ def test_topk_recovers_a_planted_dictionary() -> None:
     atoms = F.normalize(torch.randn(n_atoms, d, generator=gen), dim=1)
 
     def batch(n: int) -> torch.Tensor:
-        idx = torch.stack([torch.randperm(n_atoms, generator=gen)[:active] for _ in range(n)])
+        idx = torch.rand(n, n_atoms, generator=gen).argsort(dim=1)[:, :active]  # a random subset per row
         coef = torch.rand(n, active, generator=gen) * 2 + 1
         return (coef.unsqueeze(-1) * atoms[idx]).sum(1)
 
     sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=n_atoms, k=active), seed=1)
     opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-    for _ in range(3000):
+    for _ in range(1500):
         x = batch(256)
         values, indices = sae.topk(x)
         loss = (sae.decode_sparse(values, indices) - x).square().sum(-1).mean()
@@ -173,7 +173,8 @@ def test_topk_recovers_a_planted_dictionary() -> None:
         opt.step()
         sae.normalize_decoder()
     best = (atoms @ sae.W_dec.detach().t()).max(dim=1).values
-    # Measured here: mean best cosine 0.97, every atom above 0.8.
+    # Measured here: mean best cosine 0.965 after 1500 steps (0.972 after 3000), 96% of atoms
+    # above 0.8.
     assert best.mean() > 0.9 and (best > 0.8).float().mean() >= 0.9, best
 
 
