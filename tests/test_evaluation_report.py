@@ -73,22 +73,8 @@ def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tm
         # Lowest test error, but worse on validation: not the chosen "best SSAE".
         "ssae/bm25/finetune-t0-k8": _planted_run(tmp_path, "bm25", 0.6, 4, validation_fvu=0.25),
     }
-    baselines = tmp_path / "baselines.json"
-    base = {"clean_loss": 3.0, "zero_ablation_loss": 10.0, "loss_tokens": 100}
-    baselines.write_text(json.dumps({"general": base, "subdomain": base}))
-    out = tmp_path / "eval"
-    evaluation_report(
-        runs,
-        baselines,
-        8,
-        {"GSAE": ["gsae/k8"]},
-        out / "metrics.csv",
-        out / "pareto.png",
-        out / "comparison.png",
-        out / "summary.md",
-        Bootstrap(samples=500, seed=0),
-    )
-    table = pd.read_csv(out / "metrics.csv").set_index(["run", "set"])
+    table, _, compared, summary = _report(tmp_path, runs)
+    table = table.set_index(["run", "set"])
     for metric in ("fvu", "delta_ce", "kl", "spliced_loss", "l0"):
         assert (table[f"{metric}_ci_low"] <= table[metric]).all() and (
             table[metric] <= table[f"{metric}_ci_high"]
@@ -98,7 +84,6 @@ def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tm
     assert table.loc[("ssae/random/finetune-t0-k8", "subdomain"), "label"] == "control"
     np.testing.assert_allclose(table["delta_ce"], table["spliced_loss"] - 3.0)
 
-    compared = pd.read_csv(out / "comparisons.csv")
     fvu = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].set_index(["run", "reference"])
     assert fvu.loc[("ssae/dense/finetune-t0-k8", "GSAE"), "ci_high"] < 0
     assert fvu.loc[("ssae/dense/finetune-t0-k8", "control"), "finding"]
@@ -110,7 +95,6 @@ def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tm
     assert not fvu.loc[("ssae/random/finetune-t0-k8", "GSAE"), "finding"]
     assert ("ssae/random/finetune-t0-k8", "control") not in fvu.index
 
-    summary = (out / "summary.md").read_text()
     assert "Best SSAE, chosen on subdomain validation FVU (0.2000, first seed): `ssae/dense/finetune-t0-k8`" in summary
     dense = next(
         line
