@@ -447,8 +447,9 @@ def recall_by_frequency(
                         "frequency_high": high,
                         "n_types": len(ones),
                         "captured_share": ci.estimate,
-                        "ci_low": ci.low,
-                        "ci_high": ci.high,
+                        # A share lies in [0, 1]; the seed interval's normal form need not.
+                        "ci_low": max(ci.low, 0.0),
+                        "ci_high": min(ci.high, 1.0),
                     }
                 )
     return pd.DataFrame(rows)

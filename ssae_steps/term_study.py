@@ -84,8 +84,8 @@ def _type_share(results: list[dict[str, Any]], part: str, rare_frequency: float,
     ci = seed_interval([ratio(s, ones) for s in shares], len(ones), boot.samples, boot.seed)
     return {
         f"captured_{part}": ci.estimate,
-        f"captured_{part}_ci_low": ci.low,
-        f"captured_{part}_ci_high": ci.high,
+        f"captured_{part}_ci_low": max(ci.low, 0.0),  # a share lies in [0, 1]
+        f"captured_{part}_ci_high": min(ci.high, 1.0),
         f"n_types_{part}": len(ones),
     }
 
