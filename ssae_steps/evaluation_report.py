@@ -483,7 +483,8 @@ def _recall_plot(curves: Any, out: Path) -> None:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("general-pool frequency of the token type" + (", at most" if cumulative else ", decade"))
         ax.set_ylabel("share of subdomain token types captured (test)")
-        ax.set_title("cumulative" if cumulative else "per decade (leftmost point: unseen in the pool)", fontsize=10)
+        unseen_note = "per decade (types unseen in the pool, if any: a decade left of the rest)"
+        ax.set_title("cumulative" if cumulative else unseen_note, fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out)
