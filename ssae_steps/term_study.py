@@ -35,6 +35,8 @@ from ssae_steps.bootstrap import ratio, seed_interval
 from ssae_steps.evaluation_report import (
     PCT,
     Bootstrap,
+    _ci,
+    _clause,
     comparisons,
     load_runs,
     metrics_table,
@@ -43,7 +45,6 @@ from ssae_steps.evaluation_report import (
 )
 
 log = logging.getLogger("ssae.term_study")
-STUDY_METRICS = ["fvu", "delta_ce", "kl"]
 
 
 @dataclass
@@ -138,12 +139,6 @@ def erm_pairs(table: Any) -> list[tuple[str, str, str]]:
     return [(r["run"], "t=0", reference[r["k"]]) for _, r in runs.iterrows() if r["tilt"] > 0 and r["k"] in reference]
 
 
-def _interval(row: Any, metric: str) -> str:
-    if math.isnan(row.get(f"{metric}_ci_low", math.nan)):
-        return f"{row[metric]:.4f}"
-    return f"{row[metric]:.4f} [{row[f'{metric}_ci_low']:.4f}, {row[f'{metric}_ci_high']:.4f}]"
-
-
 def _plot(table: Any, out: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -174,17 +169,6 @@ def _plot(table: Any, out: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out)
-
-
-def _sentence(row: Any) -> str:
-    name = {"fvu": "FVU", "delta_ce": "ΔCE", "kl": "KL"}[row["metric"]]
-    ci = f"{PCT}% CI {row['ci_low']:+.4f} to {row['ci_high']:+.4f}"
-    if math.isnan(row["ci_low"]):
-        return f"{name} {row['value']:.4f} vs {row['reference_value']:.4f} (no interval)"
-    if row["finding"]:
-        direction = "lower" if row["difference"] < 0 else "higher"
-        return f"{name} {row['value']:.4f} vs {row['reference_value']:.4f}, {direction} ({ci})"
-    return f"{name} {row['value']:.4f} vs {row['reference_value']:.4f}, no clear difference ({ci})"
 
 
 def term_study(
@@ -237,7 +221,7 @@ def term_study(
         n = int(part["n_seeds"].iloc[0])
         lines.append(
             f"- t={r['tilt']:g}, k={r['k']}, {set_name} ({n} seed{'s' * (n > 1)}): "
-            + "; ".join(_sentence(row) for _, row in part.iterrows())
+            + "; ".join(_clause(row) for _, row in part.iterrows())
             + "."
         )
     lines += ["", "## Every run (subdomain test text)", ""]
@@ -247,9 +231,9 @@ def term_study(
     lines += [header, "|" + " --- |" * 10]
     for _, r in table[table["set"] == "subdomain"].iterrows():
         lines.append(
-            f"| {r['tilt']:g} | {r['k']} | {r['n_seeds']} | {_interval(r, 'fvu')} | {_interval(r, 'delta_ce')} | "
-            f"{r['tail_fvu']:.4f} | {r['tail_recall']:.3f} | {_interval(r, 'captured_all')} | "
-            f"{_interval(r, 'captured_rare')} | {r['tilt_ess']:.3f} |"
+            f"| {r['tilt']:g} | {r['k']} | {r['n_seeds']} | {_ci(r, 'fvu')} | {_ci(r, 'delta_ce')} | "
+            f"{r['tail_fvu']:.4f} | {r['tail_recall']:.3f} | {_ci(r, 'captured_all')} | "
+            f"{_ci(r, 'captured_rare')} | {r['tilt_ess']:.3f} |"
         )
     write_text(out_summary, "\n".join(lines) + "\n")
     log.info("wrote %s", out_summary)
