@@ -565,10 +565,11 @@ def evaluation_report(
     boot = boot or Bootstrap()
     baselines = json.loads(Path(baselines_path).read_text())
     loaded = load_runs(runs)
-    table = metrics_table(loaded, baselines, boot)
+    groups = seed_groups(list(loaded))
+    table = metrics_table(loaded, baselines, boot, groups)
     by_seed = metrics_table(loaded, baselines, boot, groups={name: [name] for name in loaded})
-    compared = comparisons(loaded, comparison_pairs(table, main_k), boot)
-    curves = recall_by_frequency(loaded, table, main_k, boot, seed_groups(list(loaded)))
+    compared = comparisons(loaded, comparison_pairs(table, main_k), boot, groups)
+    curves = recall_by_frequency(loaded, table, main_k, boot, groups)
     out_table = Path(out_table)
     outputs = (
         (out_table, table),
