@@ -1,28 +1,40 @@
-"""Debiasing case study (SHIFT-style, Marks et al.; scored as in SAEBench SCR): remove
-gender information from a profession probe by zero-ablating SAE latents, and compare
-worst-group accuracy with the general SAE and with the biography SSAE.
+"""Debiasing case study (SHIFT, Marks et al.; scored as in SAEBench SCR; laid out as Table 1
+of the SSAE paper): remove gender information from a profession probe by zero-ablating SAE
+latents, with the general SAE, the biography SSAE and an off-domain SSAE, every SAE at each
+training seed.
 
 Per document: the hooked layer's residual stream over its first window (BOS excluded),
 mean-pooled (``x``), and each SAE's latent activations mean-pooled the same way (``a``).
+Splits and the biased training set come from :mod:`ssae_steps.bios`; every method is run
+twice, with and without the counterfactual copies in its training data (test set: real
+documents only, the same for both).
 
 1. Biased probe: logistic regression for profession on ``x`` of the biased training set
    (profession A always male, B always female).
 2. Gender latents: ``effect_f = delta_f * (w . d_f)`` with ``w`` the biased probe's weight
    (raw units), ``d_f`` latent f's decoder row and ``delta_f`` the male-minus-female
-   difference of mean ``a_f`` *within each profession*, averaged over the two professions,
-   on all non-test documents (so profession does not masquerade as gender). The top N by
+   difference of mean ``a_f`` *within each profession*, averaged over the professions, on
+   the training documents (so profession does not masquerade as gender). The top N by
    ``|effect_f|`` are chosen.
 3. Ablation: ``x' = x - sum_{f in S} a_f d_f``. The probe reads the hooked layer itself and
    mean-pooling is linear, so this equals pooling ``decode(z with S zeroed) + (x - x_hat)``
    token by token: the SAE error term is kept.
-4. Scores on the balanced test set: profession accuracy, accuracy per (profession,
-   gender) group and the worst of them, and gender accuracy of a gender probe (trained on
-   group-balanced non-test documents) on the same ablated activations (0.5 = no gender
-   information left). Methods per SAE and N: ablate (frozen probe), ablate + retrain (probe
-   retrained on ablated biased training data), random N latents (frozen, mean over
-   repeats). Baselines: the original probe, an oracle probe trained on group-balanced
-   non-test documents, and deleting gendered words from the text before the model runs,
-   then retraining.
+4. Methods per SAE and N: SHIFT (the frozen biased probe on ablated inputs), SHIFT +
+   retrain (probe retrained on the ablated biased training set), N random live latents,
+   frozen and retrained (per-document correctness averaged over draws). Baselines: the
+   original probe, an oracle probe trained on group-balanced training documents, and
+   deleting gendered words from the text before the model runs, then retraining.
+5. Gender information left: a gender probe trained on unablated group-balanced training
+   documents (frozen) and one **retrained on the ablated training documents** - a frozen
+   probe can fall to 0.5 because ablation shifts its logit while the information is still
+   there; only the retrained probe measures what is left.
+6. N is chosen per SAE and method on the validation documents (worst-group accuracy, mean
+   over seeds); every reported number is on the test documents, with a 95% interval: the
+   document bootstrap for one seed, seed spread plus document variance for several
+   (:func:`ssae_steps.bootstrap.seed_interval`).
+7. k-sparse probing (SAEBench): for profession and for gender, the k latents with the
+   largest class difference of mean activation on the training documents, a probe on those
+   k latents alone, accuracy on test.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from ssae_steps._cli import add_device_arguments, device_from, save_figure
 from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
 from ssae_steps._io import atomic_path, write_text
 from ssae_steps.bios import BiosConfig
+from ssae_steps.bootstrap import Interval, seed_interval
 
 log = logging.getLogger("ssae.debias")
 GENDERED = re.compile(
@@ -51,14 +64,25 @@ GENDERED = re.compile(
     re.IGNORECASE,
 )
 NEUTRAL = {"actress": "actor", "queen": "monarch", "king": "monarch", "empress": "monarch", "emperor": "monarch"}
+# The SSAE paper's Table 1 (Pythia-70M, Bias in Bios professor vs nurse): profession, gender,
+# worst-group accuracy in %, for reference beside ours (a different model and data).
+PAPER_TABLE_1 = {
+    "original probe": (61.9, 87.4, 24.4),
+    "SHIFT gsae": (88.5, 54.0, 76.0),
+    "SHIFT ssae_bios": (90.2, 53.4, 88.5),
+    "SHIFT + retrain gsae": (93.1, 52.0, 89.0),
+    "SHIFT + retrain ssae_bios": (93.4, 51.9, 89.5),
+    "oracle probe": (93.0, 49.4, 91.9),
+}
+SAE_METHODS = ("SHIFT", "SHIFT + retrain", "random latents", "random latents + retrain")
 
 
 @dataclass
 class DebiasConfig:
     data: BiosConfig = field(default_factory=BiosConfig)
     n_latents: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])
-    """Numbers of gender latents ablated."""
-    random_repeats: int = 5
+    """Numbers of gender latents ablated (the reported one is chosen on validation)."""
+    random_repeats: int = 3
     """Random-latent baseline: draws per N."""
     probe_l2: float = 0.01
     """L2 penalty of the logistic-regression probes (on standardised inputs)."""
@@ -67,12 +91,18 @@ class DebiasConfig:
     ssae_tilt: float = 0.0
     """Tilted ERM temperature of the biography SSAE (finetuned from the GSAE), set here
     rather than taken from training.ssae.tilts, so that a tilt sweep leaves it alone."""
+    sparse_probing_k: list[int] = field(default_factory=lambda: [1, 2, 5, 20])
+    """k of the k-sparse probes."""
+    bootstrap_samples: int = 1000
+    """Document resamples of each interval."""
 
     def validate(self, where: str) -> None:
         require_at_least(where, 1, random_repeats=self.random_repeats, batch_size=self.batch_size)
+        require_at_least(where, 100, bootstrap_samples=self.bootstrap_samples)
         if self.ssae_tilt < 0:
             raise ConfigError(f"{where}.ssae_tilt: must be >= 0, got {self.ssae_tilt}")
         require_at_least(where, 1, **{f"n_latents[{i}]": n for i, n in enumerate(self.n_latents)})
+        require_at_least(where, 1, **{f"sparse_probing_k[{i}]": k for i, k in enumerate(self.sparse_probing_k)})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "debias") -> DebiasConfig:
@@ -175,149 +205,367 @@ def ablate(x: np.ndarray, a: np.ndarray, decoder: np.ndarray, latents: np.ndarra
     return x - a[:, latents] @ decoder[latents]
 
 
-def scores(probe: Probe, gender_probe: Probe, x: np.ndarray, label: np.ndarray, gender: np.ndarray) -> dict:
-    pred = probe.predict(x)
-    out = {"profession_acc": float((pred == label).mean())}
-    groups = {}
-    for p in (0, 1):
-        for g in (0, 1):
-            mask = (label == p) & (gender == g)
-            groups[f"acc_{'AB'[p]}_{'mf'[g]}"] = float((pred[mask] == label[mask]).mean())
-    out |= groups
-    out["worst_group_acc"] = min(groups.values())
-    out["gender_acc"] = float((gender_probe.predict(x) == gender).mean())
-    return out
+def worst_group_metric(correct: np.ndarray, label: np.ndarray, gender: np.ndarray) -> Any:
+    """Bootstrap metric (see :mod:`ssae_steps.bootstrap`): the lowest per-group mean of
+    per-document correctness over the four (profession, gender) groups."""
+    masks = np.stack([(label == p) & (gender == g) for p in (0, 1) for g in (0, 1)]).astype(np.float64)
+    hits = masks * correct
+
+    def metric(weights: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.min((weights @ hits.T) / (weights @ masks.T), axis=-1)
+
+    return metric
+
+
+def accuracy_metric(correct: np.ndarray) -> Any:
+    c = np.asarray(correct, np.float64)
+    return lambda weights: (weights @ c) / weights.sum(-1)
 
 
 @dataclass
 class CaseData:
-    """Pooled inputs of the case study; masks select the splits."""
+    """Pooled inputs of the case study; boolean masks select the splits."""
 
     x: np.ndarray
     label: np.ndarray
     gender: np.ndarray
     test: np.ndarray
+    validation: np.ndarray
+    train: np.ndarray
     biased: np.ndarray
     x_deleted: np.ndarray | None = None
 
 
+@dataclass
+class Outcome:
+    """One method's per-document results: profession correctness on validation and test
+    (means over draws for random latents) and gender correctness on test of the frozen
+    and the retrained gender probe."""
+
+    sae: str
+    seed: int
+    method: str
+    n_latents: int
+    validation: np.ndarray
+    test: np.ndarray
+    gender_frozen: np.ndarray
+    gender_retrained: np.ndarray
+    latents: list[int] = field(default_factory=list)
+
+    def point(self, data: CaseData) -> dict[str, Any]:
+        lt, gt = data.label[data.test], data.gender[data.test]
+        lv, gv = data.label[data.validation], data.gender[data.validation]
+        one = np.ones((1, int(data.test.sum())))
+        out = {"sae": self.sae, "seed": self.seed, "method": self.method, "n_latents": self.n_latents}
+        out["profession_acc"] = float(self.test.mean())
+        for p in (0, 1):
+            for g in (0, 1):
+                out[f"acc_{'AB'[p]}_{'mf'[g]}"] = float(self.test[(lt == p) & (gt == g)].mean())
+        out["worst_group_acc"] = float(worst_group_metric(self.test, lt, gt)(one)[0])
+        out["gender_acc_frozen"] = float(self.gender_frozen.mean())
+        out["gender_acc_retrained"] = float(self.gender_retrained.mean())
+        out["validation_worst_group_acc"] = float(worst_group_metric(self.validation, lv, gv)(np.ones((1, len(lv))))[0])
+        return out | {"latents": self.latents}
+
+
 def run_case_study(
-    data: CaseData, saes: dict[str, tuple[np.ndarray, np.ndarray]], cfg: DebiasConfig, seed: int
-) -> list[dict[str, Any]]:
-    """Rows of results: baselines once, then per SAE (``name -> (a, decoder)``) and N."""
-    train, test, pool = data.biased, data.test, ~data.test
+    data: CaseData, saes: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], cfg: DebiasConfig, seed: int
+) -> list[Outcome]:
+    """Every method's outcome: baselines once (seed -1), then per SAE run (``(name, seed) ->
+    (a, decoder)``), method and N."""
+    train, biased, test, val = data.train, data.biased, data.test, data.validation
     y, g = data.label, data.gender
-    biased = train_probe(data.x[train], y[train], cfg.probe_l2)
-    gender_probe = train_probe(data.x[pool], g[pool], cfg.probe_l2, balanced_weights(y[pool], g[pool]))
-    oracle = train_probe(data.x[pool], y[pool], cfg.probe_l2, balanced_weights(y[pool], g[pool]))
+    balanced = balanced_weights(y[train], g[train])
 
-    def row(sae: str, method: str, n: int, probe: Probe, x: np.ndarray, gprobe: Probe = gender_probe) -> dict:
-        return {"sae": sae, "method": method, "n_latents": n, **scores(probe, gprobe, x[test], y[test], g[test])}
+    def fit_gender(x: np.ndarray) -> Probe:
+        return train_probe(x[train], g[train], cfg.probe_l2, balanced)
 
-    rows = [row("-", "original probe", 0, biased, data.x), row("-", "oracle probe", 0, oracle, data.x)]
+    probe = train_probe(data.x[biased], y[biased], cfg.probe_l2)
+    gender_probe = fit_gender(data.x)
+
+    def outcome(sae: str, run_seed: int, method: str, n: int, p: Probe, x: np.ndarray, retrained: Probe) -> Outcome:
+        return Outcome(
+            sae, run_seed, method, n,
+            validation=(p.predict(x[val]) == y[val]).astype(float),
+            test=(p.predict(x[test]) == y[test]).astype(float),
+            gender_frozen=(gender_probe.predict(x[test]) == g[test]).astype(float),
+            gender_retrained=(retrained.predict(x[test]) == g[test]).astype(float),
+        )  # fmt: skip
+
+    oracle = train_probe(data.x[train], y[train], cfg.probe_l2, balanced)
+    out = [
+        outcome("-", -1, "original probe", 0, probe, data.x, gender_probe),
+        outcome("-", -1, "oracle probe", 0, oracle, data.x, gender_probe),
+    ]
     if data.x_deleted is not None:
         xd = data.x_deleted
-        deleted = train_probe(xd[train], y[train], cfg.probe_l2)
-        gprobe_d = train_probe(xd[pool], g[pool], cfg.probe_l2, balanced_weights(y[pool], g[pool]))
-        rows.append(row("-", "delete gendered words + retrain", 0, deleted, xd, gprobe_d))
+        deleted = train_probe(xd[biased], y[biased], cfg.probe_l2)
+        out.append(outcome("-", -1, "delete gendered words + retrain", 0, deleted, xd, fit_gender(xd)))
     rng = np.random.default_rng(seed)
-    for name, (a, decoder) in saes.items():
-        effects = gender_effects(a[pool], y[pool], g[pool], decoder, biased.raw_weight)
+    for (name, run_seed), (a, decoder) in saes.items():
+        effects = gender_effects(a[train], y[train], g[train], decoder, probe.raw_weight)
         ranked = np.argsort(-np.abs(effects), kind="stable")
         alive = np.flatnonzero((a > 0).any(0))
         for n in cfg.n_latents:
-            chosen = ranked[:n]
-            xa = ablate(data.x, a, decoder, chosen)
-            rows.append(row(name, "ablate", n, biased, xa) | {"latents": chosen.tolist()})
-            retrained = train_probe(xa[train], y[train], cfg.probe_l2)
-            rows.append(row(name, "ablate + retrain", n, retrained, xa))
-            draws = [
-                row(
-                    name,
-                    "random latents",
-                    n,
-                    biased,
-                    ablate(data.x, a, decoder, rng.choice(alive, min(n, len(alive)), replace=False)),
+            xa = ablate(data.x, a, decoder, ranked[:n])
+            gender_after = fit_gender(xa)
+            retrained = train_probe(xa[biased], y[biased], cfg.probe_l2)
+            for method, p in (("SHIFT", probe), ("SHIFT + retrain", retrained)):
+                out.append(outcome(name, run_seed, method, n, p, xa, gender_after))
+                out[-1].latents = ranked[:n].tolist()
+            draws: dict[str, list[Outcome]] = {"random latents": [], "random latents + retrain": []}
+            for _ in range(cfg.random_repeats):
+                xr = ablate(data.x, a, decoder, rng.choice(alive, min(n, len(alive)), replace=False))
+                gender_r = fit_gender(xr)
+                draws["random latents"].append(outcome(name, run_seed, "random latents", n, probe, xr, gender_r))
+                refit = train_probe(xr[biased], y[biased], cfg.probe_l2)
+                draws["random latents + retrain"].append(
+                    outcome(name, run_seed, "random latents + retrain", n, refit, xr, gender_r)
                 )
-                for _ in range(cfg.random_repeats)
-            ]
-            rows.append({**draws[0], **{k: float(np.mean([d[k] for d in draws])) for k in draws[0] if "acc" in k}})
+            for method, rows in draws.items():
+                out.append(
+                    Outcome(
+                        name, run_seed, method, n,
+                        **{k: np.mean([getattr(r, k) for r in rows], axis=0)
+                           for k in ("validation", "test", "gender_frozen", "gender_retrained")},
+                    )
+                )  # fmt: skip
+    return out
+
+
+def sparse_probe(a: np.ndarray, target: np.ndarray, data: CaseData, k: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` latents with the largest class difference of mean activation on the
+    training documents, and the per-document test correctness of a group-balanced probe on
+    them alone."""
+    train = data.train
+    diff = a[train][target[train] == 1].mean(0) - a[train][target[train] == 0].mean(0)
+    top = np.argsort(-np.abs(diff), kind="stable")[:k]
+    probe = train_probe(a[train][:, top], target[train], l2, balanced_weights(data.label[train], data.gender[train]))
+    return top, (probe.predict(a[data.test][:, top]) == target[data.test]).astype(float)
+
+
+def sparse_probing(
+    data: CaseData, saes: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], cfg: DebiasConfig
+) -> list[dict[str, Any]]:
+    """k-sparse probing rows: per SAE run, target (profession, gender) and k."""
+    rows = []
+    for (name, run_seed), (a, _) in saes.items():
+        for target_name, target in (("profession", data.label), ("gender", data.gender)):
+            for k in cfg.sparse_probing_k:
+                top, correct = sparse_probe(a, target, data, k, cfg.probe_l2)
+                rows.append(
+                    {"sae": name, "seed": run_seed, "target": target_name, "k": k,
+                     "correct": correct, "latents": top.tolist()}
+                )  # fmt: skip
     return rows
 
 
-def _plot(rows: list[dict[str, Any]], out: Path) -> None:
+def choose_n(outcomes: list[Outcome], data: CaseData) -> dict[tuple[str, str], int]:
+    """Per (SAE, method): the N with the best validation worst-group accuracy, mean over
+    seeds (ties: the smaller N)."""
+    lv, gv = data.label[data.validation], data.gender[data.validation]
+    one = np.ones((1, len(lv)))
+    scores: dict[tuple[str, str, int], list[float]] = {}
+    for o in outcomes:
+        if o.sae != "-":
+            wg = float(worst_group_metric(o.validation, lv, gv)(one)[0])
+            scores.setdefault((o.sae, o.method, o.n_latents), []).append(wg)
+    best: dict[tuple[str, str], tuple[float, int]] = {}
+    for (sae, method, n), values in sorted(scores.items(), key=lambda kv: kv[0][2]):
+        mean = float(np.nanmean(values))
+        if (sae, method) not in best or mean > best[(sae, method)][0] + 1e-12:
+            best[(sae, method)] = (mean, n)
+    return {key: n for key, (_, n) in best.items()}
+
+
+def table_1(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: int) -> list[dict[str, Any]]:
+    """Table-1 rows: each baseline, and each SAE method at its validation-chosen N, with
+    intervals over test documents (and seeds)."""
+    lt, gt = data.label[data.test], data.gender[data.test]
+    n_docs = int(data.test.sum())
+    chosen = choose_n(outcomes, data)
+    groups: dict[tuple[str, str], list[Outcome]] = {}
+    for o in outcomes:
+        if o.sae == "-" or chosen.get((o.sae, o.method)) == o.n_latents:
+            groups.setdefault((o.sae, o.method), []).append(o)
+
+    def ci(metrics: list[Any]) -> Interval:
+        return seed_interval(metrics, n_docs, cfg.bootstrap_samples, seed)
+
+    rows = []
+    for (sae, method), runs in groups.items():
+        label = method if sae == "-" else f"{method} {sae}"
+        row: dict[str, Any] = {"method": label, "n_latents": runs[0].n_latents, "seeds": len(runs)}
+        for key, metrics in (
+            ("profession_acc", [accuracy_metric(r.test) for r in runs]),
+            ("gender_acc_frozen", [accuracy_metric(r.gender_frozen) for r in runs]),
+            ("gender_acc_retrained", [accuracy_metric(r.gender_retrained) for r in runs]),
+            ("worst_group_acc", [worst_group_metric(r.test, lt, gt) for r in runs]),
+        ):
+            value = ci(metrics)
+            row |= {key: value.estimate, f"{key}_ci_low": value.low, f"{key}_ci_high": value.high}
+        rows.append(row | {"paper": PAPER_TABLE_1.get(label)})
+    return rows
+
+
+def sparse_table(rows: list[dict[str, Any]], data: CaseData, cfg: DebiasConfig, seed: int) -> list[dict[str, Any]]:
+    """Mean test accuracy of each (SAE, target, k) over seeds, with its interval."""
+    grouped: dict[tuple[str, str, int], list[np.ndarray]] = {}
+    for r in rows:
+        grouped.setdefault((r["sae"], r["target"], r["k"]), []).append(r["correct"])
+    out = []
+    for (sae, target, k), runs in grouped.items():
+        value = seed_interval([accuracy_metric(c) for c in runs], int(data.test.sum()), cfg.bootstrap_samples, seed)
+        out.append(
+            {"sae": sae, "target": target, "k": k, "seeds": len(runs), "accuracy": value.estimate,
+             "accuracy_ci_low": value.low, "accuracy_ci_high": value.high}
+        )  # fmt: skip
+    return out
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    if np.isnan(row[f"{key}_ci_low"]):
+        return f"{100 * row[key]:.1f}"
+    return f"{100 * row[key]:.1f} [{100 * row[f'{key}_ci_low']:.1f}, {100 * row[f'{key}_ci_high']:.1f}]"
+
+
+def _plot(tables: dict[str, list[dict]], points: list[dict], sparse: list[dict], main: str, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_worst, ax_gender) = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"ablate": "o-", "ablate + retrain": "s--", "random latents": "x:"}
-    for sae in dict.fromkeys(r["sae"] for r in rows if r["sae"] != "-"):
+    fig, (ax_bar, ax_n, ax_k) = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    rows = tables[main]
+    ys = np.arange(len(rows))
+    wg = np.array([r["worst_group_acc"] for r in rows])
+    err = np.array(
+        [
+            [r["worst_group_acc"] - r["worst_group_acc_ci_low"], r["worst_group_acc_ci_high"] - r["worst_group_acc"]]
+            for r in rows
+        ]
+    ).T
+    ax_bar.barh(ys, wg, xerr=np.nan_to_num(err), color="tab:blue", alpha=0.7, capsize=2)
+    ax_bar.set_yticks(
+        ys, [f"{r['method']}" + (f" (N={r['n_latents']})" if r["n_latents"] else "") for r in rows], fontsize=7
+    )
+    ax_bar.invert_yaxis()
+    ax_bar.set_xlim(0, 1)
+    ax_bar.set_xlabel(f"worst-group accuracy, test (95% CI) - {main}")
+    styles = {"SHIFT": "o-", "SHIFT + retrain": "s--", "random latents": "x:", "random latents + retrain": "+:"}
+    part = [p for p in points if p["variant"] == main and p["sae"] != "-"]
+    for sae in dict.fromkeys(p["sae"] for p in part):
         for method, style in styles.items():
-            part = sorted((r for r in rows if r["sae"] == sae and r["method"] == method), key=lambda r: r["n_latents"])
-            ns = [r["n_latents"] for r in part]
-            ax_worst.plot(ns, [r["worst_group_acc"] for r in part], style, label=f"{sae}: {method}")
-            ax_gender.plot(ns, [r["gender_acc"] for r in part], style, label=f"{sae}: {method}")
-    for r in (r for r in rows if r["sae"] == "-"):
-        ax_worst.axhline(r["worst_group_acc"], linestyle=":", color="grey")
-        ax_worst.annotate(r["method"], (1, r["worst_group_acc"]), fontsize=7, color="grey")
-    ax_worst.set_ylabel("worst-group profession accuracy")
-    ax_gender.set_ylabel("gender-probe accuracy (0.5 = none left)")
-    for ax in (ax_worst, ax_gender):
-        ax.set_xscale("log")
-        ax.set_xlabel("gender latents ablated (N)")
-    ax_worst.legend(fontsize=6)
+            by_n: dict[int, list[float]] = {}
+            for p in part:
+                if p["sae"] == sae and p["method"] == method:
+                    by_n.setdefault(p["n_latents"], []).append(p["worst_group_acc"])
+            ns = sorted(by_n)
+            ax_n.plot(ns, [np.mean(by_n[n]) for n in ns], style, label=f"{sae}: {method}", markersize=4)
+    for r in (r for r in rows if r["n_latents"] == 0):
+        ax_n.axhline(r["worst_group_acc"], linestyle=":", color="grey")
+        ax_n.annotate(r["method"], (1, r["worst_group_acc"]), fontsize=7, color="grey")
+    ax_n.set_xscale("log")
+    ax_n.set_xlabel("latents ablated (N)")
+    ax_n.set_ylabel("worst-group accuracy, test (mean over seeds)")
+    ax_n.legend(fontsize=5)
+    for target, style in (("profession", "o-"), ("gender", "s--")):
+        for sae in dict.fromkeys(r["sae"] for r in sparse):
+            part_k = sorted((r for r in sparse if r["sae"] == sae and r["target"] == target), key=lambda r: r["k"])
+            ks = [r["k"] for r in part_k]
+            acc = [r["accuracy"] for r in part_k]
+            low = [r["accuracy_ci_low"] for r in part_k]
+            high = [r["accuracy_ci_high"] for r in part_k]
+            line = ax_k.plot(ks, acc, style, label=f"{sae}: {target}", markersize=4)[0]
+            ax_k.fill_between(ks, low, high, color=line.get_color(), alpha=0.12)
+    ax_k.set_xscale("log")
+    ax_k.set_xlabel("k (latents in the sparse probe)")
+    ax_k.set_ylabel("test accuracy (95% CI)")
+    ax_k.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, out)
 
 
-def _summary(rows: list[dict[str, Any]], counts: dict[str, int]) -> str:
-    cols = ["sae", "method", "n_latents", "profession_acc", "gender_acc", "worst_group_acc"]
+def _summary(tables: dict[str, list[dict]], sparse: list[dict], counts: dict[str, dict[str, int]], main: str) -> str:
     lines = [
-        "# Debiasing case study (SHIFT-style latent ablation)",
+        "# Debiasing case study (SHIFT latent ablation)",
         "",
-        f"Documents: {counts}. A = first profession, B = second; the biased probe saw only A-male and B-female.",
+        "A = first profession, B = second; the biased probe saw only A-male and B-female training documents.",
         "Worst-group accuracy is the lowest profession accuracy over the four (profession, gender) test groups.",
+        "Every SAE method is reported at the N chosen on the validation documents; all numbers are on the",
+        "test documents (real articles only), in % with a 95% interval (document bootstrap; with several",
+        "training seeds, seed spread plus document variance). Gender accuracy: of a gender probe trained on",
+        "unablated documents (frozen) and of one retrained on the ablated training documents (50 = no gender",
+        "information left).",
         "",
+        "Documents per (profession/gender) group:",
+        "",
+        "| part | " + " | ".join(next(iter(counts.values()))) + " |",
+        "|---|" + "---|" * len(next(iter(counts.values()))),
     ]
-    sae_rows = [r for r in rows if r["method"] == "ablate + retrain"]
-    if sae_rows:
-        best = {}
-        for r in sae_rows:
-            if r["sae"] not in best or r["worst_group_acc"] > best[r["sae"]]["worst_group_acc"]:
-                best[r["sae"]] = r
-        original = next(r for r in rows if r["method"] == "original probe")
-        lines += ["## Findings (computed)", ""]
-        lines.append(f"- Original probe: worst-group accuracy {original['worst_group_acc']:.3f}.")
-        for sae, r in best.items():
-            ablated = sorted(
-                (x for x in rows if x["sae"] == sae and x["method"] == "ablate"), key=lambda x: x["n_latents"]
-            )
-            removed = next((x["n_latents"] for x in ablated if x["gender_acc"] <= 0.6), None)
+    lines += [f"| {part} | " + " | ".join(str(n) for n in row.values()) + " |" for part, row in counts.items()]
+    for variant, rows in tables.items():
+        title = "with counterfactual copies in training" if variant == "copies" else "real documents only in training"
+        lines += [
+            "",
+            f"## Table 1 layout - {title}" + (" (main)" if variant == main else ""),
+            "",
+            "| method | N | seeds | profession | gender (frozen) | gender (retrained) | worst group "
+            "| paper: prof / gen / worst |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            paper = " / ".join(f"{v:.1f}" for v in r["paper"]) if r["paper"] else ""
             lines.append(
-                f"- {sae}: best worst-group accuracy after ablation + retraining {r['worst_group_acc']:.3f} "
-                f"at N={r['n_latents']} (gender-probe accuracy {r['gender_acc']:.3f}); gender-probe accuracy "
-                + (f"falls to <= 0.6 from N={removed} on." if removed else "stays above 0.6 for every N tried.")
+                f"| {r['method']} | {r['n_latents'] or ''} | {r['seeds']} | {_cell(r, 'profession_acc')} | "
+                f"{_cell(r, 'gender_acc_frozen')} | {_cell(r, 'gender_acc_retrained')} | "
+                f"{_cell(r, 'worst_group_acc')} | {paper} |"
             )
-        lines.append("")
-    lines += ["## All results", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    lines += [
+        "",
+        "Paper: Pythia-70M on Bias in Bios (professor vs nurse, ~thousands of biographies); a different",
+        "model and data, shown for orientation only.",
+        "",
+        f"## k-sparse probing ({main})",
+        "",
+        "| SAE | target | k | seeds | test accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sparse:
+        lines.append(f"| {r['sae']} | {r['target']} | {r['k']} | {r['seeds']} | {_cell(r, 'accuracy')} |")
     return "\n".join(lines) + "\n"
+
+
+def case_data(docs: Any, x: np.ndarray, x_deleted: np.ndarray | None, real_only: bool) -> CaseData:
+    """The case study's inputs from the biographies table; ``real_only`` drops the
+    counterfactual copies from every training set."""
+    copy = docs["counterfactual"].to_numpy() if "counterfactual" in docs else np.zeros(len(docs), bool)
+    keep = ~copy if real_only else np.ones(len(docs), bool)
+    column = "biased_train_real" if real_only and "biased_train_real" in docs else "biased_train"
+    return CaseData(
+        x=x,
+        label=docs["label"].to_numpy().astype(int),
+        gender=(docs["gender"] == "female").to_numpy().astype(int),
+        test=(docs["split"] == "heldout").to_numpy() & ~copy,
+        validation=(docs["split"] == "validation").to_numpy(),
+        train=(docs["split"] == "train").to_numpy() & keep,
+        biased=docs[column].to_numpy() & keep,
+        x_deleted=x_deleted,
+    )
 
 
 def debias(
     cfg: DebiasConfig,
     table: str | Path,
-    sae_dirs: dict[str, str],
+    sae_dirs: dict[tuple[str, int], str],
     model_dir: str | Path,
     layer: int,
     context_length: int,
     seed: int,
     out_dir: str | Path,
     device: str = "cpu",
-) -> list[dict[str, Any]]:
+) -> dict[str, list[dict[str, Any]]]:
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -327,37 +575,83 @@ def debias(
     out_dir = Path(out_dir)
     docs = pq.read_table(table).to_pandas()
     model, tokenizer = load_model(model_dir, device)
-    saes = {name: load_sae(path) for name, path in sae_dirs.items()}
+    saes = {key: load_sae(path) for key, path in sae_dirs.items()}
     texts = docs["text"].tolist()
-    x, latents = pooled_activations(model, tokenizer, texts, layer, context_length, cfg.batch_size, saes)
+    named = {f"{name}:{s}": sae for (name, s), sae in saes.items()}
+    x, latents = pooled_activations(model, tokenizer, texts, layer, context_length, cfg.batch_size, named)
     x_deleted, _ = pooled_activations(
         model, tokenizer, [delete_gendered_words(t) for t in texts], layer, context_length, cfg.batch_size, {}
     )
-    data = CaseData(
-        x=x,
-        label=docs["label"].to_numpy().astype(int),
-        gender=(docs["gender"] == "female").to_numpy().astype(int),
-        test=(docs["split"] == "heldout").to_numpy(),
-        biased=docs["biased_train"].to_numpy(),
-        x_deleted=x_deleted,
+    inputs = {
+        key: (latents[f"{key[0]}:{key[1]}"], (sae.W_dec / sae.input_scale).detach().numpy())
+        for key, sae in saes.items()
+    }
+    variants = ["copies", "real"] if "counterfactual" in docs and docs["counterfactual"].any() else ["real"]
+    tables, points, sparse_rows = {}, [], []
+    for variant in variants:
+        data = case_data(docs, x, x_deleted, real_only=variant == "real")
+        log.info("%s: %d biased training, %d training, %d validation, %d test documents", variant,
+                 data.biased.sum(), data.train.sum(), data.validation.sum(), data.test.sum())  # fmt: skip
+        outcomes = run_case_study(data, inputs, cfg, seed)
+        points += [o.point(data) | {"variant": variant} for o in outcomes]
+        tables[variant] = table_1(outcomes, data, cfg, seed)
+        if variant == variants[0]:
+            sparse_rows = sparse_probing(data, inputs, cfg)
+            sparse = sparse_table(sparse_rows, data, cfg, seed)
+    main = variants[0]
+    frames = {
+        "results.csv": pd.DataFrame(points),
+        "table1.csv": pd.DataFrame([r | {"variant": v} for v, rows in tables.items() for r in rows]),
+        "sparse_probing.csv": pd.DataFrame(
+            [
+                {k: v for k, v in r.items() if k != "correct"} | {"accuracy": float(r["correct"].mean())}
+                for r in sparse_rows
+            ]
+        ),
+    }
+    for name, frame in frames.items():
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    _plot(tables, points, sparse, main, out_dir / "worst_group.png")
+    counts = {}
+    copy = docs["counterfactual"].to_numpy() if "counterfactual" in docs else np.zeros(len(docs), bool)
+    split = docs["split"].to_numpy()
+    for part, mask in (
+        ("test (real)", split == "heldout"),
+        ("validation", split == "validation"),
+        ("training, real", (split == "train") & ~copy),
+        ("training, copies", (split == "train") & copy),
+        ("biased training", docs["biased_train"].to_numpy()),
+    ):
+        sub = docs[mask]
+        counts[part] = {
+            f"{p}/{g}": int(((sub["profession"] == p) & (sub["gender"] == g)).sum())
+            for p in cfg.data.professions for g in ("male", "female")
+        }  # fmt: skip
+    write_text(
+        out_dir / "summary.md",
+        _summary(tables, sparse, counts, main) + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n",
     )
-    decoders = {name: (sae.W_dec / sae.input_scale).detach().numpy() for name, sae in saes.items()}
-    rows = run_case_study(data, {n: (latents[n], decoders[n]) for n in saes}, cfg, seed)
-    frame = pd.DataFrame(rows)
-    with atomic_path(out_dir / "results.csv") as tmp:
-        frame.to_csv(tmp, index=False)
-    _plot(rows, out_dir / "worst_group.png")
-    groups = docs.groupby(["profession", "gender", "split"]).size()
-    counts = {"/".join(k): int(v) for k, v in groups.items()}
-    write_text(out_dir / "summary.md", _summary(rows, counts) + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n")
-    return rows
+    return tables
+
+
+def parse_sae_args(pairs: list[str]) -> dict[tuple[str, int], str]:
+    """``NAME:SEED=DIR`` (or ``NAME=DIR`` for seed 0) -> ``{(NAME, SEED): DIR}``."""
+    out = {}
+    for pair in pairs:
+        key, _, path = pair.partition("=")
+        name, _, run_seed = key.partition(":")
+        if not path or not name:
+            raise ConfigError(f"--saes: expected NAME:SEED=DIR, got {pair!r}")
+        out[(name, int(run_seed or 0))] = path
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True, help="JSON object of the debias config section")
     parser.add_argument("--table", required=True)
-    parser.add_argument("--saes", nargs="+", required=True, help="NAME=sae_dir")
+    parser.add_argument("--saes", nargs="+", required=True, help="NAME:SEED=sae_dir")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--hook-layer", type=int, required=True)
     parser.add_argument("--context-length", type=int, default=128)
@@ -371,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         debias(
             DebiasConfig.from_dict(json.loads(args.params)),
             args.table,
-            dict(pair.split("=", 1) for pair in args.saes),
+            parse_sae_args(args.saes),
             args.model_dir,
             args.hook_layer,
             args.context_length,

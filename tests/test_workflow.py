@@ -54,8 +54,9 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["evaluate_sae"] == 3 + 4 + 2 * 2  # every SAE
     for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents"):
         assert counts[rule] == 1, rule
-    for rule in ("build_bios", "cache_bios_activations", "train_bios_ssae", "debias"):
+    for rule in ("build_bios", "cache_bios_activations", "debias"):
         assert counts[rule] == 1, rule
+    assert counts["train_bios_ssae"] == 3  # one per training seed, from that seed's GSAE
 
 
 def test_end_to_end_on_tiny_model(local_run: Path) -> None:
@@ -176,9 +177,16 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert (debias["worst_group_acc"] <= debias["profession_acc"] + 1e-9).all()
     bios = pq.read_table(workdir / "results/debias/bios.parquet").to_pandas()
     test = bios[bios["split"] == "heldout"]
-    assert test.groupby(["profession", "gender"]).size().tolist() == [12] * 4
+    assert test.groupby(["profession", "gender"]).size().tolist() == [25] * 4 and not test["counterfactual"].any()
     biased = bios[bios["biased_train"]]
     assert set(biased["profession"] + "/" + biased["gender"]) == {"leader/male", "performer/female"}
+    table1 = pd.read_csv(workdir / "results/debias/table1.csv")
+    assert set(table1["variant"]) == {"copies", "real"}
+    assert {"SHIFT gsae", "SHIFT + retrain ssae_bios", "random latents + retrain ssae_physics"} <= set(table1["method"])
+    assert (table1["worst_group_acc_ci_low"] <= table1["worst_group_acc"] + 1e-9).all()
+    sparse = pd.read_csv(workdir / "results/debias/sparse_probing.csv")
+    assert set(sparse["k"]) == {1, 2, 5, 20} and set(sparse["target"]) == {"profession", "gender"}
+    assert "## Table 1 layout" in (workdir / "results/debias/summary.md").read_text()
     for log in ("logs/prepare_model.log", "logs/build_corpus/general.log", "logs/corpus_overview.log"):
         assert (workdir / log).exists(), log
     assert (workdir / "benchmarks/prepare_model.tsv").exists()
@@ -371,10 +379,14 @@ def test_an_extra_seed_trains_the_main_comparison_from_its_own_gsae(local_run: P
         "training_report": 1,
         "evaluate_sae": 1 + len(STRATS),
         "evaluation_report": 1,
+        "train_bios_ssae": 1,
+        "debias": 1,
         "cost_report": 1,
     }
     text = result.stdout + result.stderr
     assert "--role gsae --k 8 --seed 1 " in text and "results/sae/general/k8-s1" in text
+    bios = next(line for line in text.splitlines() if "--out-dir results/sae/bios/ssae-s1 " in line)
+    assert "--seed 1 " in bios and "--init-from results/sae/general/k8-s1/sae" in bios
     # Only the named strategies' SSAEs get the extra seed.
     config = _with(config, "training.seed_strategies", ["dense", "random"])
     changed.write_text(yaml.safe_dump(config))

@@ -1,19 +1,26 @@
-# Debiasing case study (SHIFT-style): labelled biographies, a biography SSAE finetuned from
-# the GSAE, and gender-latent ablation for a profession probe, GSAE vs SSAEs.
-#   debias/bios.parquet                     biographies with profession, gender and splits
-#   sae/bios/ssae                           the biography SSAE
-#   debias/results.csv, worst_group.png     the case study's numbers and plot
+# Debiasing case study (SHIFT): labelled biographies, a biography SSAE finetuned from the
+# GSAE of each training seed, and gender-latent ablation for a profession probe, GSAE vs SSAEs.
+#   debias/bios.parquet                         biographies with profession, gender and splits
+#   sae/bios/ssae[-sS]                          the biography SSAE of each seed
+#   debias/summary.md, table1.csv, results.csv  Table-1 layout with intervals, every N and seed
+#   debias/sparse_probing.csv, worst_group.png  k-sparse probing, the plot
 
 DEBIAS = config["debias"]
 
 
 def debias_saes():
-    """The GSAE, the biography SSAE, and the main subdomain SSAE as an off-domain control."""
-    return {
-        "gsae": f"results/sae/general/k{MAIN_K}",
-        "ssae_bios": "results/sae/bios/ssae",
-        f"ssae_{SUBDOMAIN}": main_ssae_dir(),
-    }
+    """``(name, seed) -> run dir``: per training seed the GSAE, the biography SSAE, and the
+    main subdomain SSAE as an off-domain control (where that seed trained it)."""
+    ssae = TRAINING_PLAN.ssae
+    control_seeds = SWEEP_STRATEGY in SEED_STRATEGIES and max(ssae.tilts) == ssae.tilts[0]
+    runs = {}
+    for seed in SEEDS:
+        tag = seed_tag(seed)
+        runs[("gsae", seed)] = f"results/sae/general/k{MAIN_K}{gsae_tag(seed)}"
+        runs[("ssae_bios", seed)] = f"results/sae/bios/ssae{tag}"
+        if not tag or control_seeds:
+            runs[(f"ssae_{SUBDOMAIN}", seed)] = main_ssae_dir() + tag
+    return runs
 
 
 rule build_bios:
@@ -62,14 +69,17 @@ rule cache_bios_activations:
 rule train_bios_ssae:
     input:
         activations="results/activations/debias/bios/manifest.json",
-        gsae=f"results/sae/general/k{MAIN_K}/summary.json",
+        gsae=lambda wc: f"results/sae/general/k{MAIN_K}{gsae_tag(seed_of(wc.seedtag))}/summary.json",
     output:
-        sae=directory("results/sae/bios/ssae/sae"),
-        log_csv="results/sae/bios/ssae/train_log.csv",
-        summary="results/sae/bios/ssae/summary.json",
+        sae=directory("results/sae/bios/ssae{seedtag}/sae"),
+        log_csv="results/sae/bios/ssae{seedtag}/train_log.csv",
+        summary="results/sae/bios/ssae{seedtag}/summary.json",
+    wildcard_constraints:
+        seedtag=SEED_TAG,
     params:
         cfg=as_json(SSAE_PARAMS),
-        seed=SEEDS[0],
+        seed=lambda wc: seed_of(wc.seedtag),
+        gsae=lambda wc: f"results/sae/general/k{MAIN_K}{gsae_tag(seed_of(wc.seedtag))}/sae",
         tilt=DEBIAS["ssae_tilt"],
         device=DEVICE,
         code=code_version(*TRAIN_CODE),
@@ -79,13 +89,13 @@ rule train_bios_ssae:
     conda:
         ENV
     log:
-        "logs/train_sae/bios.log",
+        "logs/train_sae/bios{seedtag}.log",
     benchmark:
-        "benchmarks/train_sae/bios.tsv"
+        "benchmarks/train_sae/bios{seedtag}.tsv"
     shell:
         "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role ssae --init finetune "
         "--tilt {params.tilt} --k {MAIN_K} --seed {params.seed} --manifest {input.activations} "
-        "--init-from results/sae/general/k{MAIN_K}/sae --out-dir results/sae/bios/ssae "
+        "--init-from {params.gsae} --out-dir results/sae/bios/ssae{wildcards.seedtag} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
 
@@ -96,11 +106,13 @@ rule debias:
         model="results/model/model.json",
     output:
         table="results/debias/results.csv",
+        table1="results/debias/table1.csv",
+        sparse="results/debias/sparse_probing.csv",
         plot=report("results/debias/worst_group.png", caption="../report/debias.rst", category="4. Debiasing"),
         summary=report("results/debias/summary.md", caption="../report/debias.rst", category="4. Debiasing"),
     params:
         cfg=as_json({k: v for k, v in DEBIAS.items() if k != "enabled"}),
-        saes=lambda wc: " ".join(f"{name}={d}/sae" for name, d in debias_saes().items()),
+        saes=lambda wc: " ".join(f"{name}:{seed}={d}/sae" for (name, seed), d in debias_saes().items()),
         hook_layer=config["model"]["hook_layer"],
         context_length=config["activations"]["context_length"],
         seed=config["seed"],
