@@ -22,6 +22,7 @@ include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/term_study.smk"
 include: "workflow/rules/debias.smk"
+include: "workflow/rules/lineage.smk"
 
 
 # What the default target builds; the cost page summarises the jobs behind all of it.
@@ -36,6 +37,7 @@ FINAL_OUTPUTS = [
     "results/eval/top_latents.md",
     *term_outputs(),
     *(["results/debias/summary.md"] if config["debias"]["enabled"] else []),
+    *(["results/lineage/summary.md"] if config["lineage"]["enabled"] else []),
 ]
 
 

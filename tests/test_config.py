@@ -12,6 +12,7 @@ from ssae_steps._config import ConfigError, schema_errors
 from ssae_steps.bios import BiosConfig
 from ssae_steps.corpus import CorpusConfig
 from ssae_steps.debias import DebiasConfig
+from ssae_steps.lineage import LineageConfig
 from ssae_steps.evaluate import EvaluationConfig
 from ssae_steps.model import ModelConfig
 from ssae_steps.sae import SAEConfig
@@ -90,6 +91,14 @@ def test_debias_schema_and_dataclass_agree() -> None:
     assert set(props) == {f.name for f in dataclasses.fields(DebiasConfig)} | {"enabled"}
     defaults = {k: v for k, v in _defaults(DebiasConfig).items() if k != "data"}
     assert {k: v["default"] for k, v in props.items() if k not in ("data", "enabled")} == defaults
+
+
+def test_lineage_schema_and_dataclass_agree() -> None:
+    props = SCHEMA["properties"]["lineage"]["properties"]
+    assert set(props) == {f.name for f in dataclasses.fields(LineageConfig)} | {"enabled"}
+    assert {k: v["default"] for k, v in props.items() if k != "enabled"} == _defaults(LineageConfig)
+    with pytest.raises(ConfigError, match=r"lineage.new_cosine: 0.95 is above kept_cosine 0.9"):
+        LineageConfig.from_dict({"new_cosine": 0.95})
 
 
 def test_training_plan_errors_name_the_key() -> None:

@@ -22,8 +22,8 @@ STRATS = ("seed", "dense", "bm25", "random")
 # k=4. (Tilted runs are planned by the tilt config-change test and trained in test_train_sae.)
 TILT0_RUNS = ("finetune-t0-k8", "scratch-t0-k8")
 SSAES = 4 * 2 + 1
-# Downstream of the main SSAE: the evaluation overviews and the debiasing case study.
-EVAL_REPORTS = {"evaluation_report": 1, "top_latents": 1, "debias": 1}
+# Downstream of the main SSAE: the evaluation overviews, the debiasing case study and the lineage.
+EVAL_REPORTS = {"evaluation_report": 1, "top_latents": 1, "debias": 1, "lineage": 1}
 ALL_TRAINING = {
     "train_gsae": 2,
     "train_ssae": SSAES,
@@ -52,7 +52,7 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["train_ssae"] == 4 + 2 * 2  # per strategy: finetuned, t=0 (the paper's recipe)
     assert counts["training_report"] == 1
     assert counts["evaluate_sae"] == 3 + 4 + 2 * 2  # every SAE
-    for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents"):
+    for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents", "lineage"):
         assert counts[rule] == 1, rule
     for rule in ("build_bios", "cache_bios_activations", "debias"):
         assert counts[rule] == 1, rule
@@ -187,6 +187,13 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     sparse = pd.read_csv(workdir / "results/debias/sparse_probing.csv")
     assert set(sparse["k"]) == {1, 2, 5, 20} and set(sparse["target"]) == {"profession", "gender"}
     assert "## Table 1 layout" in (workdir / "results/debias/summary.md").read_text()
+    lineage = pd.read_csv(workdir / "results/lineage/latents.csv")
+    assert len(lineage) == 128 and set(lineage["class"]) <= {"kept", "drifted", "new", "dead"}
+    assert (lineage["gsae_cosine"] <= 1 + 1e-5).all() and "| kept |" in (
+        workdir / "results/lineage/summary.md"
+    ).read_text()
+    browser = (workdir / "results/lineage/browser.html").read_text()
+    assert browser.count('"sae":"ssae"') == int((lineage["class"] != "dead").sum())  # every live latent listed
     for log in ("logs/prepare_model.log", "logs/build_corpus/general.log", "logs/corpus_overview.log"):
         assert (workdir / log).exists(), log
     assert (workdir / "benchmarks/prepare_model.tsv").exists()
@@ -204,6 +211,7 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "results/report.html").read_text(errors="replace")
     figures = ("overview.png", "comparison.png", "training_curves.png", "pareto.png", "worst_group.png", "cost.png")
+    figures += ("lineage.png", "browser.html")
     for figure in (*figures, "recall_by_frequency.png"):
         assert figure in html, figure
 
@@ -307,7 +315,7 @@ def _with(config: dict, dotted: str, value: object) -> dict:
         (
             "evaluation.tail.min_ratio",
             5.0,
-            {"tail_concepts": 1, "evaluate_sae": 2 + SSAES, "evaluation_report": 1},
+            {"tail_concepts": 1, "evaluate_sae": 2 + SSAES, "evaluation_report": 1, "lineage": 1},
         ),
     ],
 )

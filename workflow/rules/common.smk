@@ -15,6 +15,7 @@ from ssae_steps.activations import ActivationConfig  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
 from ssae_steps.debias import DebiasConfig  # noqa: E402
 from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
+from ssae_steps.lineage import LineageConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
 from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
 from ssae_steps.term_study import TermStudyConfig  # noqa: E402
@@ -41,6 +42,7 @@ try:
     EvaluationConfig.from_dict(config["evaluation"])
     DebiasConfig.from_dict({k: v for k, v in config["debias"].items() if k != "enabled"})
     TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
+    LineageConfig.from_dict({k: v for k, v in config["lineage"].items() if k != "enabled"})
     if TRAINING_PLAN.gsae.pretrained is not None:
         from ssae_steps.sae import load_sae
 
