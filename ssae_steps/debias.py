@@ -55,7 +55,7 @@ from ssae_steps._cli import add_device_arguments, device_from, save_figure
 from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
 from ssae_steps._io import atomic_path, write_text
 from ssae_steps.bios import BiosConfig
-from ssae_steps.bootstrap import Interval, seed_interval
+from ssae_steps.bootstrap import Interval, paired_seed_difference, seed_interval
 
 log = logging.getLogger("ssae.debias")
 GENDERED = re.compile(
@@ -133,11 +133,12 @@ def pooled_activations(
         ids = tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
         input_ids, mask = padded_batch([x[: context_length - offset] for x in ids], bos, pad)
         hidden = residual_stream(model, input_ids.to(device), mask.to(device), layer).float().cpu()
-        for i, n in enumerate(mask.sum(1).tolist()):
-            tokens = hidden[i, offset:n]
-            pooled.append(tokens.mean(0).numpy())
-            for name, sae in saes.items():
-                latents[name].append(sae.encode(tokens).mean(0).numpy())
+        docs = [hidden[i, offset:n] for i, n in enumerate(mask.sum(1).tolist())]
+        pooled += [tokens.mean(0).numpy() for tokens in docs]
+        # One encode per SAE for the whole batch (a single large matmul), split per document.
+        sizes, tokens = [len(d) for d in docs], torch.cat(docs)
+        for name, sae in saes.items():
+            latents[name] += [z.mean(0).numpy() for z in sae.encode(tokens).split(sizes)]
     return np.stack(pooled), {name: np.stack(v) for name, v in latents.items()}
 
 
@@ -404,8 +405,49 @@ def table_1(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: in
             ("worst_group_acc", [worst_group_metric(r.test, lt, gt) for r in runs]),
         ):
             value = ci(metrics)
-            row |= {key: value.estimate, f"{key}_ci_low": value.low, f"{key}_ci_high": value.high}
-        rows.append(row | {"paper": PAPER_TABLE_1.get(label)})
+            # Accuracies live in [0, 1]; the seed t interval can overshoot it.
+            low, high = (float(np.clip(v, 0, 1)) if not np.isnan(v) else v for v in (value.low, value.high))
+            row |= {key: value.estimate, f"{key}_ci_low": low, f"{key}_ci_high": high}
+        rows.append(row | {"sae": sae, "base_method": method, "paper": PAPER_TABLE_1.get(label)})
+    order = {m: i for i, m in enumerate(SAE_METHODS)}
+    saes = list(dict.fromkeys(r["sae"] for r in rows if r["sae"] != "-"))
+    return sorted(rows, key=lambda r: (r["sae"] != "-", saes.index(r["sae"]) if r["sae"] in saes else -1,
+                                       order.get(r["base_method"], -1)))  # fmt: skip
+
+
+COMPARED = (("ssae_bios", "gsae"), ("ssae_bios", None))
+"""Paired comparisons: the biography SSAE against the GSAE and against the off-domain SSAE
+(``None``: whichever other SSAE the run has)."""
+
+
+def paired_comparisons(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: int) -> list[dict]:
+    """Worst-group accuracy of SAE a minus SAE b for SHIFT and SHIFT + retrain, each at its
+    validation-chosen N, paired over test documents and training seeds (seed s with seed s)."""
+    lt, gt = data.label[data.test], data.gender[data.test]
+    chosen = choose_n(outcomes, data)
+    names = list(dict.fromkeys(o.sae for o in outcomes if o.sae != "-"))
+    rows = []
+    for a, b in COMPARED:
+        b = b or next((n for n in names if n.startswith("ssae_") and n != a), None)
+        if a not in names or b not in names:
+            continue
+        for method in ("SHIFT", "SHIFT + retrain"):
+            runs = {
+                name: {o.seed: o for o in outcomes if o.sae == name and o.method == method
+                       and o.n_latents == chosen[(name, method)]}
+                for name in (a, b)
+            }  # fmt: skip
+            seeds = sorted(set(runs[a]) & set(runs[b]))
+            pairs = [
+                (worst_group_metric(runs[a][s].test, lt, gt), worst_group_metric(runs[b][s].test, lt, gt))
+                for s in seeds
+            ]
+            value = paired_seed_difference(pairs, int(data.test.sum()), cfg.bootstrap_samples, seed)
+            rows.append(
+                {"method": method, "sae": a, "reference": b, "seeds": len(seeds), "difference": value.estimate,
+                 "ci_low": value.low, "ci_high": value.high,
+                 "finding": bool(not np.isnan(value.low) and (value.low > 0 or value.high < 0))}
+            )  # fmt: skip
     return rows
 
 
@@ -419,7 +461,7 @@ def sparse_table(rows: list[dict[str, Any]], data: CaseData, cfg: DebiasConfig, 
         value = seed_interval([accuracy_metric(c) for c in runs], int(data.test.sum()), cfg.bootstrap_samples, seed)
         out.append(
             {"sae": sae, "target": target, "k": k, "seeds": len(runs), "accuracy": value.estimate,
-             "accuracy_ci_low": value.low, "accuracy_ci_high": value.high}
+             "accuracy_ci_low": max(value.low, 0.0), "accuracy_ci_high": min(value.high, 1.0)}
         )  # fmt: skip
     return out
 
@@ -487,7 +529,13 @@ def _plot(tables: dict[str, list[dict]], points: list[dict], sparse: list[dict],
     save_figure(fig, out)
 
 
-def _summary(tables: dict[str, list[dict]], sparse: list[dict], counts: dict[str, dict[str, int]], main: str) -> str:
+def _summary(
+    tables: dict[str, list[dict]],
+    comparisons: dict[str, list[dict]],
+    sparse: list[dict],
+    counts: dict[str, dict[str, int]],
+    main: str,
+) -> str:
     lines = [
         "# Debiasing case study (SHIFT latent ablation)",
         "",
@@ -521,6 +569,18 @@ def _summary(tables: dict[str, list[dict]], sparse: list[dict], counts: dict[str
                 f"| {r['method']} | {r['n_latents'] or ''} | {r['seeds']} | {_cell(r, 'profession_acc')} | "
                 f"{_cell(r, 'gender_acc_frozen')} | {_cell(r, 'gender_acc_retrained')} | "
                 f"{_cell(r, 'worst_group_acc')} | {paper} |"
+            )
+    for variant, rows in comparisons.items():
+        lines += [
+            "",
+            f"Paired comparisons ({variant}; worst-group accuracy, points, test documents and seeds paired):",
+            "",
+        ]
+        for r in rows:
+            verdict = "" if r["finding"] else ": no clear difference"
+            lines.append(
+                f"- {r['method']}: {r['sae']} - {r['reference']} {100 * r['difference']:+.1f} "
+                f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] ({r['seeds']} seeds){verdict}"
             )
     lines += [
         "",
@@ -587,7 +647,7 @@ def debias(
         for key, sae in saes.items()
     }
     variants = ["copies", "real"] if "counterfactual" in docs and docs["counterfactual"].any() else ["real"]
-    tables, points, sparse_rows = {}, [], []
+    tables, comparisons, points, sparse_rows = {}, {}, [], []
     for variant in variants:
         data = case_data(docs, x, x_deleted, real_only=variant == "real")
         log.info("%s: %d biased training, %d training, %d validation, %d test documents", variant,
@@ -595,6 +655,7 @@ def debias(
         outcomes = run_case_study(data, inputs, cfg, seed)
         points += [o.point(data) | {"variant": variant} for o in outcomes]
         tables[variant] = table_1(outcomes, data, cfg, seed)
+        comparisons[variant] = paired_comparisons(outcomes, data, cfg, seed)
         if variant == variants[0]:
             sparse_rows = sparse_probing(data, inputs, cfg)
             sparse = sparse_table(sparse_rows, data, cfg, seed)
@@ -602,6 +663,7 @@ def debias(
     frames = {
         "results.csv": pd.DataFrame(points),
         "table1.csv": pd.DataFrame([r | {"variant": v} for v, rows in tables.items() for r in rows]),
+        "comparisons.csv": pd.DataFrame([r | {"variant": v} for v, rows in comparisons.items() for r in rows]),
         "sparse_probing.csv": pd.DataFrame(
             [
                 {k: v for k, v in r.items() if k != "correct"} | {"accuracy": float(r["correct"].mean())}
@@ -630,7 +692,7 @@ def debias(
         }  # fmt: skip
     write_text(
         out_dir / "summary.md",
-        _summary(tables, sparse, counts, main) + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n",
+        _summary(tables, comparisons, sparse, counts, main) + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n",
     )
     return tables
 

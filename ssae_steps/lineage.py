@@ -414,7 +414,7 @@ def lineage(
             back = float(lin.dropped_cosine[np.flatnonzero(lin.dropped == j)[0]])
             r |= {"cls": "dropped", "match": None, "cos": back, "corr": None, "fs": fs, "fg": fg, "spec": spec}
             r["concepts"] = ""
-    title = f"{Path(ssae_dir).parent.name} vs {Path(gsae_dir).parent.name}"
+    title = f"SSAE {'/'.join(Path(ssae_dir).parts[-4:-1])} vs GSAE {Path(gsae_dir).parent.name}"
     size = write_browser(records, tokenizer, out_dir / "browser.html", title, cfg.page_size, sub_rows, gen_rows)
     log.info("browser: %d latents, %.1f MB", len(records), size / 1e6)
     return table

@@ -112,7 +112,8 @@ def pipeline_config(
             "dead_after_tokens": 2000,
             "log_every": 2,
             "checkpoint_every": 5,
-            "ssae": {"inits": ["finetune", "scratch"], "tilts": [0.0], "tokens": 4096},
+            # One init: scratch training is the GSAE's path, tested there and in test_train_sae.
+            "ssae": {"inits": ["finetune"], "tilts": [0.0], "tokens": 4096},
             "k_sweep": [4],
             "seeds": [0],
         },
@@ -122,7 +123,8 @@ def pipeline_config(
             "tail": {"min_ratio": 2.0, "max_general_frequency": 0.01, "min_count": 2},
             "top_latents": 3,
         },
-        "debias": {"n_latents": [1, 5], "random_repeats": 2},
+        # At most 40 articles per real group (25 of them test): the stage's paths, not its numbers.
+        "debias": {"n_latents": [1, 5], "random_repeats": 2, "bootstrap_samples": 200, "data": {"max_per_group": 40}},
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))

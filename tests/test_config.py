@@ -12,8 +12,8 @@ from ssae_steps._config import ConfigError, schema_errors
 from ssae_steps.bios import BiosConfig
 from ssae_steps.corpus import CorpusConfig
 from ssae_steps.debias import DebiasConfig
-from ssae_steps.lineage import LineageConfig
 from ssae_steps.evaluate import EvaluationConfig
+from ssae_steps.lineage import LineageConfig
 from ssae_steps.model import ModelConfig
 from ssae_steps.sae import SAEConfig
 from ssae_steps.tail_concepts import TailConfig

@@ -24,6 +24,7 @@ from ssae_steps.debias import (
     Outcome,
     choose_n,
     delete_gendered_words,
+    paired_comparisons,
     run_case_study,
     sparse_probe,
 )
@@ -86,6 +87,21 @@ def test_a_frozen_gender_probe_that_drops_is_told_apart_from_removed_information
     assert shift.latents == [0]
     assert shift.gender_frozen.mean() < 0.65
     assert shift.gender_retrained.mean() > 0.9
+
+
+def test_an_sae_without_gender_latents_loses_the_paired_comparison() -> None:
+    """The "GSAE" here has no gender latents (gender sits in its error term), so SHIFT
+    cannot remove gender with it: the paired comparison finds the SSAE better."""
+    data, a, decoder = planted()
+    blind = a.copy()
+    blind[:, :2] = 0
+    saes = {(name, s): (acts, decoder) for s in (0, 1) for name, acts in (("ssae_bios", a), ("gsae", blind))}
+    outcomes = run_case_study(data, saes, DebiasConfig(n_latents=[2], random_repeats=1), seed=0)
+    rows = {r["method"]: r for r in paired_comparisons(outcomes, data, DebiasConfig(bootstrap_samples=200), 0)}
+    assert set(rows) == {"SHIFT", "SHIFT + retrain"}
+    retrain = rows["SHIFT + retrain"]
+    assert retrain["seeds"] == 2 and retrain["reference"] == "gsae"
+    assert retrain["difference"] > 0.3 and retrain["ci_low"] > 0 and retrain["finding"]
 
 
 def test_sparse_probing_picks_the_planted_latent_at_k1() -> None:

@@ -3,6 +3,7 @@
 #   debias/bios.parquet                         biographies with profession, gender and splits
 #   sae/bios/ssae[-sS]                          the biography SSAE of each seed
 #   debias/summary.md, table1.csv, results.csv  Table-1 layout with intervals, every N and seed
+#   debias/comparisons.csv                      biography SSAE vs GSAE and vs the off-domain SSAE
 #   debias/sparse_probing.csv, worst_group.png  k-sparse probing, the plot
 
 DEBIAS = config["debias"]
@@ -107,6 +108,7 @@ rule debias:
     output:
         table="results/debias/results.csv",
         table1="results/debias/table1.csv",
+        comparisons="results/debias/comparisons.csv",
         sparse="results/debias/sparse_probing.csv",
         plot=report("results/debias/worst_group.png", caption="../report/debias.rst", category="4. Debiasing"),
         summary=report("results/debias/summary.md", caption="../report/debias.rst", category="4. Debiasing"),
