@@ -36,8 +36,11 @@ FINAL_OUTPUTS = [
     "results/eval/summary.md",
     "results/eval/top_latents.md",
     *term_outputs(),
-    *(["results/debias/summary.md"] if config["debias"]["enabled"] else []),
-    *(["results/lineage/summary.md"] if config["lineage"]["enabled"] else []),
+    # Every output of these rules, not one: Snakemake reruns a job for a missing output
+    # only if something asks for that file (an output added by a code update would
+    # otherwise never appear in an existing run).
+    *(rules.debias.output if config["debias"]["enabled"] else []),
+    *(rules.lineage.output if config["lineage"]["enabled"] else []),
 ]
 
 
