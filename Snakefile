@@ -27,18 +27,18 @@ include: "workflow/rules/lineage.smk"
 
 # What the default target builds; the cost page summarises the jobs behind all of it.
 FINAL_OUTPUTS = [
+    # Every output of the report rules, not one each: Snakemake reruns a job for a missing
+    # output only if something asks for that file, so an output added by a code update
+    # would otherwise never appear in an existing run.
     "results/model/model.json",
     *expand("results/corpora/{corpus}/summary.json", corpus=CORPORA),
-    "results/corpora/overview.png",
-    f"results/retrieval/{SUBDOMAIN}/comparison.md",
+    *rules.corpus_overview.output,
+    *expand(rules.compare_selection.output, subdomain=SUBDOMAIN),
     *activation_manifests(),
-    "results/sae/training_curves.png",
-    "results/eval/summary.md",
-    "results/eval/top_latents.md",
+    *rules.training_report.output,
+    *rules.evaluation_report.output,
+    *rules.top_latents.output,
     *term_outputs(),
-    # Every output of these rules, not one: Snakemake reruns a job for a missing output
-    # only if something asks for that file (an output added by a code update would
-    # otherwise never appear in an existing run).
     *(rules.debias.output if config["debias"]["enabled"] else []),
     *(rules.lineage.output if config["lineage"]["enabled"] else []),
 ]
