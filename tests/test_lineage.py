@@ -20,11 +20,11 @@ from ssae_steps.sae import SAEConfig, SparseAutoencoder
 KEPT, DRIFTED, NEW, DEAD = range(0, 12), range(12, 20), range(20, 32), 5
 
 
-def planted_pair(seed: int = 0) -> tuple[SparseAutoencoder, SparseAutoencoder, np.ndarray]:
+def planted_pair(seed: int = 0, architecture: str = "topk") -> tuple[SparseAutoencoder, SparseAutoencoder, np.ndarray]:
     """A GSAE with 32 random unit directions in 64 dimensions and an SSAE that copies
     latents 0-11 (5 made dead), turns 12-19 by 45 degrees (cosine 0.71) and replaces 20-31
     with directions orthogonal to every GSAE direction; activations mix both dictionaries."""
-    cfg = SAEConfig(d_in=64, d_sae=32, k=4)
+    cfg = SAEConfig(architecture=architecture, d_in=64, d_sae=32, k=4)
     gsae = SparseAutoencoder(cfg, seed=seed)
     ssae = SparseAutoencoder(cfg, seed=seed)
     g = gsae.W_dec.detach()
@@ -49,8 +49,9 @@ def planted_pair(seed: int = 0) -> tuple[SparseAutoencoder, SparseAutoencoder, n
     return gsae, ssae, x
 
 
-def test_lineage_classes_come_out_as_planted() -> None:
-    gsae, ssae, x = planted_pair()
+@pytest.mark.parametrize("architecture", ["topk", "relu", "jumprelu", "batchtopk"])
+def test_lineage_classes_come_out_as_planted(architecture: str) -> None:
+    gsae, ssae, x = planted_pair(architecture=architecture)
     lin = lineage_of(gsae, ssae, sparse_codes(gsae, x), sparse_codes(ssae, x), LineageConfig())
     classes = lin.classes
     assert classes[DEAD] == "dead"
