@@ -26,7 +26,7 @@ lint: install
 	$(BIN)/ruff format --check ssae_steps tests bench
 
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n 2 --dist loadgroup   # the tiny-pipeline tests share one worker
 
 clean:
 	rm -rf results/model results/corpora logs benchmarks .snakemake

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.apt import apt_install
+
 PACKAGES = ("slurm-wlm", "munge")
 
 
@@ -45,13 +47,8 @@ class SlurmCluster:
 def _ensure_packages() -> None:
     if shutil.which("slurmctld") and shutil.which("munged"):
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise ClusterUnavailable("slurm-wlm/munge are not installed and cannot be (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise ClusterUnavailable(f"{' '.join(cmd)} failed: {result.stderr[-500:]}")
+    if reason := apt_install(list(PACKAGES)):
+        raise ClusterUnavailable(reason)
 
 
 def _start_munge(root: Path) -> subprocess.Popen[bytes]:

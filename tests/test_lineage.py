@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import torch
 from ssae_steps.latent_browser import write_browser
 from ssae_steps.lineage import LineageConfig, lineage_of, paired_correlation, sparse_codes
 from ssae_steps.sae import SAEConfig, SparseAutoencoder
+from tests.apt import apt_install
 
 KEPT, DRIFTED, NEW, DEAD = range(0, 12), range(12, 20), range(20, 32), 5
 
@@ -124,16 +124,8 @@ def _chromium() -> str:
     for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
             return path
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("no Chromium here and it cannot be installed (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium-headless-shell"],
-    ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            pytest.skip(f"cannot install Chromium: {' '.join(cmd)}: {result.stderr[-500:]}")
+    if reason := apt_install(["chromium-headless-shell"], recommends=False):
+        pytest.skip(f"no Chromium: {reason}")
     return shutil.which("chromium-headless-shell") or pytest.skip("chromium-headless-shell not on PATH after install")
 
 

@@ -17,7 +17,7 @@ from ssae_steps.sae import load_sae
 from tests.conftest import REPO, snakemake
 from tests.slurm_cluster import ClusterUnavailable, start_cluster
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("pipeline")]
 # The chain to the general SAE: model, corpora, activation caching, training. Retrieval
 # and the SSAEs are more jobs of the same kind (every SLURM job also starts Snakemake and
 # waits on the plugin's status polling), so they would only lengthen the test; the local
