@@ -133,12 +133,13 @@ def pooled_activations(
         ids = tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
         input_ids, mask = padded_batch([x[: context_length - offset] for x in ids], bos, pad)
         hidden = residual_stream(model, input_ids.to(device), mask.to(device), layer).float().cpu()
-        docs = [hidden[i, offset:n] for i, n in enumerate(mask.sum(1).tolist())]
-        pooled += [tokens.mean(0).numpy() for tokens in docs]
-        # One encode per SAE for the whole batch (a single large matmul), split per document.
-        sizes, tokens = [len(d) for d in docs], torch.cat(docs)
-        for name, sae in saes.items():
-            latents[name] += [z.mean(0).numpy() for z in sae.encode(tokens).split(sizes)]
+        for i, n in enumerate(mask.sum(1).tolist()):
+            tokens = hidden[i, offset:n]
+            pooled.append(tokens.mean(0).numpy())
+            # Per document: encoding the whole batch at once was faster but peaked at 6.9 GB
+            # (vs 2.6 GB) in the default run.
+            for name, sae in saes.items():
+                latents[name].append(sae.encode(tokens).mean(0).numpy())
     return np.stack(pooled), {name: np.stack(v) for name, v in latents.items()}
 
 
