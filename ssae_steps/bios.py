@@ -126,8 +126,14 @@ class BiosConfig:
     """Real documents per group (plus their copies) for choosing the number of ablated latents."""
     min_chars: int = 60
     """wiki_people: articles shorter than this once profession sentences are removed are dropped."""
-    counterfactual: bool = True
-    """Add a gender-swapped copy of every non-test document (labelled; see module docstring)."""
+    counterfactual: bool | None = None
+    """Add a gender-swapped copy of every non-test document (labelled; see module
+    docstring). None: on for wiki_people, off for local and hub data."""
+
+    @property
+    def with_copies(self) -> bool:
+        return self.source == "wiki_people" if self.counterfactual is None else self.counterfactual
+
     max_per_group: int = 1000
     """Cap per group (large datasets)."""
 
@@ -275,13 +281,13 @@ def assign_splits(rows: list[dict[str, str]], cfg: BiosConfig, seed: int) -> lis
         # With copies, validation articles come from the profession's larger gender group
         # (the copies give the other gender), leaving the scarce real articles to training.
         other = cells[(profession, GENDERS[1 - GENDERS.index(gender)])]
-        validation = cfg.validation_per_group if not cfg.counterfactual or len(members) >= len(other) else 0
+        validation = cfg.validation_per_group if not cfg.with_copies or len(members) >= len(other) else 0
         for rank, i in enumerate(rng.permutation(len(members))[: cfg.max_per_group]):
             split = "heldout" if rank < cfg.test_per_group else "train"
             if split == "train" and rank < cfg.test_per_group + validation:
                 split = "validation"
             out.append({**members[i], "split": split, "counterfactual": False, "source": members[i]["text"]})
-    if cfg.counterfactual:
+    if cfg.with_copies:
         out += [
             {
                 **r,
@@ -312,7 +318,7 @@ def assign_splits(rows: list[dict[str, str]], cfg: BiosConfig, seed: int) -> lis
         row["label"] = int(row["profession"] == b)
     log.info(
         "real groups %s; training documents per group %s (copies included: %s); biased training set %d (real only: %d)",
-        counts, train_counts, cfg.counterfactual, len(biased), len(biased_real),
+        counts, train_counts, cfg.with_copies, len(biased), len(biased_real),
     )  # fmt: skip
     return out
 

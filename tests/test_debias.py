@@ -166,7 +166,10 @@ def test_splits_are_confounded_balanced_and_keep_copies_out_of_test() -> None:
         for p in ("a", "b")
         for g in ("male", "female")
     ]
-    cfg = BiosConfig(source="local", path="x", professions=["a", "b"], test_per_group=5, validation_per_group=3)
+    base = {"source": "local", "path": "x", "professions": ["a", "b"], "test_per_group": 5}
+    assert not BiosConfig(**base).with_copies and BiosConfig().with_copies  # default: copies for wiki_people only
+    assert not any(r["counterfactual"] for r in assign_splits(rows, BiosConfig(**base), seed=0))
+    cfg = BiosConfig(**base, validation_per_group=3, counterfactual=True)
     out = assign_splits(rows, cfg, seed=0)
     test = [r for r in out if r["split"] == "heldout"]
     assert len(test) == 20 and not any(r["counterfactual"] for r in test)
