@@ -119,7 +119,7 @@ rule debias:
         context_length=config["activations"]["context_length"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version("debias", "bios", "sae", "model", "_cli"),
+        code=code_version("debias", "bios", "bootstrap", "sae", "model", "_cli"),
     threads: 2
     resources:
         gpu=GPU_PER_JOB,

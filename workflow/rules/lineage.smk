@@ -28,7 +28,10 @@ rule lineage:
         cfg=as_json({k: v for k, v in LINEAGE.items() if k != "enabled"}),
         ssae=lambda wc: f"{main_ssae_dir()}/sae",
         detect_f1=config["evaluation"]["tail"]["detection_f1"],
-        code=code_version("lineage", "latent_browser", "latent_contexts", "sae", "activation_reader", "tail_concepts"),
+        code=code_version(
+            "lineage", "latent_browser", "latent_contexts", "evaluate", "sae", "model",
+            "activation_reader", "tail_concepts", "_cli",
+        ),
     threads: 2
     conda:
         ENV
