@@ -17,7 +17,7 @@ from ssae_steps.sae import load_sae
 from tests.conftest import REPO, snakemake
 from tests.slurm_cluster import ClusterUnavailable, start_cluster
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("pipeline")]
 # The chain to the general SAE: model, corpora, activation caching, training. Retrieval
 # and the SSAEs are more jobs of the same kind (every SLURM job also starts Snakemake and
 # waits on the plugin's status polling), so they would only lengthen the test; the local
@@ -35,18 +35,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     cluster.stop()
 
 
-def test_pipeline_through_slurm_profile_matches_local_run(cluster, pipeline_config: Path, tmp_path: Path) -> None:
+def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    # The same targets run locally as the reference (not the session's full local run, so
-    # this test needs no other test's fixture and can run on its own worker).
-    local_run = tmp_path / "local"
-    local_run.mkdir()
-    shutil.copy(pipeline_config, local_run / "config.yaml")
-    local = snakemake(local_run, "--configfile", str(local_run / "config.yaml"), "--cores", "2", *SLURM_TARGETS)
-    assert local.returncode == 0, local.stderr[-3000:]
     workdir = tmp_path / "wf"
     workdir.mkdir()
-    shutil.copy(pipeline_config, workdir / "config.yaml")
+    shutil.copy(local_run / "config.yaml", workdir / "config.yaml")
     result = snakemake(
         workdir,
         "--configfile",

@@ -17,8 +17,8 @@ import yaml
 from ssae_steps.bootstrap import MIN_DOCS
 from tests.conftest import REPO, snakemake
 
-# One xdist worker runs every test of the tiny pipeline, so the session's local run is
-# built once.
+# One xdist worker runs every test of the tiny pipeline (and the SLURM test), so the
+# session's local run is built once.
 pytestmark = pytest.mark.xdist_group("pipeline")
 STRATS = ("seed", "dense", "bm25", "random")
 # The tiny pipeline's SAEs: GSAE at k=8 and 4; SSAEs per strategy (finetuned, tilt 0), + dense at
