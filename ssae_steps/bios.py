@@ -26,8 +26,9 @@ the case study reports every method with and without the copies in its training 
 Splits (as in SHIFT / SAEBench SCR), seeded, per real article (its copy follows it):
 - ``heldout`` (test): ``test_per_group`` real articles from each of the four
   (profession, gender) groups; their copies are dropped;
-- ``validation``: up to ``validation_per_group`` real articles per group (and their
-  copies), for choosing the number of ablated latents;
+- ``validation``: ``validation_per_group`` real articles per group, for choosing the number
+  of ablated latents; with copies, per profession from its larger gender group only (their
+  copies give the other gender), leaving the scarce real articles to training;
 - ``train``: the rest - for choosing gender latents (gender contrasts within each
   profession), the gender and oracle probes (group-balanced) and the biography SSAE.
   ``biased_train`` marks its confounded subset: profession A male and profession B
@@ -91,8 +92,8 @@ SWAPS = {
     "actor": "actress", "actress": "actor", "mr": "mrs", "mrs": "mr", "sir": "dame", "dame": "sir",
     "lord": "lady", "lady": "lord", "grandfather": "grandmother", "grandmother": "grandfather",
     "uncle": "aunt", "aunt": "uncle", "nephew": "niece", "niece": "nephew", "widow": "widower",
-    "widower": "widow", "duke": "duchess", "duchess": "duke", "count": "countess", "countess": "count",
-    "businessman": "businesswoman", "businesswoman": "businessman", "sons": "daughters",
+    "widower": "widow", "duke": "duchess", "duchess": "duke", "businessman": "businesswoman",
+    "businesswoman": "businessman", "sons": "daughters",
     "daughters": "sons", "brothers": "sisters", "sisters": "brothers", "kings": "queens", "queens": "kings",
 }  # fmt: skip
 SWAP_WORD = re.compile(r"\b(" + "|".join(sorted(SWAPS, key=len, reverse=True)) + r"|her)\b", re.IGNORECASE)
@@ -187,8 +188,7 @@ def swap_gender(text: str) -> str:
         low = word.lower()
         if low == "her":
             following = re.match(r"\s+([A-Za-z]+)", text[match.end() :])
-            low = "his" if following and following.group(1).lower() not in OBJECT_FOLLOWERS else "him"
-            new = low
+            new = "his" if following and following.group(1).lower() not in OBJECT_FOLLOWERS else "him"
         else:
             new = SWAPS[low]
         if word.isupper() and len(word) > 1:
