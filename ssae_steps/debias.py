@@ -55,7 +55,7 @@ from ssae_steps._cli import add_device_arguments, device_from, save_figure
 from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
 from ssae_steps._io import atomic_path, write_text
 from ssae_steps.bios import BiosConfig
-from ssae_steps.bootstrap import Interval, paired_seed_difference, seed_interval
+from ssae_steps.bootstrap import Interval, paired_seed_difference, ratio, seed_interval
 
 log = logging.getLogger("ssae.debias")
 GENDERED = re.compile(
@@ -210,19 +210,13 @@ def ablate(x: np.ndarray, a: np.ndarray, decoder: np.ndarray, latents: np.ndarra
 def worst_group_metric(correct: np.ndarray, label: np.ndarray, gender: np.ndarray) -> Any:
     """Bootstrap metric (see :mod:`ssae_steps.bootstrap`): the lowest per-group mean of
     per-document correctness over the four (profession, gender) groups."""
-    masks = np.stack([(label == p) & (gender == g) for p in (0, 1) for g in (0, 1)]).astype(np.float64)
-    hits = masks * correct
-
-    def metric(weights: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.min((weights @ hits.T) / (weights @ masks.T), axis=-1)
-
-    return metric
+    masks = [((label == p) & (gender == g)).astype(np.float64) for p in (0, 1) for g in (0, 1)]
+    groups = [ratio(correct * mask, mask) for mask in masks]
+    return lambda weights: np.min([group(weights) for group in groups], axis=0)
 
 
 def accuracy_metric(correct: np.ndarray) -> Any:
-    c = np.asarray(correct, np.float64)
-    return lambda weights: (weights @ c) / weights.sum(-1)
+    return ratio(correct, np.ones(len(correct)))
 
 
 @dataclass

@@ -41,13 +41,18 @@ def latent_activations(sae: SparseAutoencoder, acts: np.ndarray, chunk: int = 40
     return tuple(np.concatenate(p) for p in (rows, latents, values))
 
 
+def firing_ratio(sub_fires: np.ndarray, sub_tokens: int, gen_fires: np.ndarray, gen_tokens: int) -> np.ndarray:
+    """Subdomain specificity: firing rate on subdomain over general text, add-one smoothed."""
+    return ((sub_fires + 1) / (sub_tokens + 1)) / ((gen_fires + 1) / (gen_tokens + 1))
+
+
 def specialised_latents(
     sub_latents: np.ndarray, sub_tokens: int, gen_latents: np.ndarray, gen_tokens: int, d_sae: int, min_fires: int
 ) -> list[tuple[int, float, int, int]]:
     """``(latent, specialisation, subdomain fires, general fires)``, most specialised first."""
     sub = np.bincount(sub_latents, minlength=d_sae)
     gen = np.bincount(gen_latents, minlength=d_sae)
-    ratio = ((sub + 1) / (sub_tokens + 1)) / ((gen + 1) / (gen_tokens + 1))
+    ratio = firing_ratio(sub, sub_tokens, gen, gen_tokens)
     order = [int(j) for j in np.argsort(-ratio, kind="stable") if sub[j] >= min_fires]
     return [(j, float(ratio[j]), int(sub[j]), int(gen[j])) for j in order]
 

@@ -36,6 +36,7 @@ import torch
 from ssae_steps._cli import save_figure
 from ssae_steps._config import ConfigError, from_mapping, run_stage, to_mapping
 from ssae_steps._io import atomic_path, write_text
+from ssae_steps.latent_contexts import firing_ratio
 from ssae_steps.sae import SparseAutoencoder
 
 log = logging.getLogger("ssae.lineage")
@@ -81,6 +82,11 @@ class LineageConfig:
 def decoder_directions(sae: SparseAutoencoder) -> torch.Tensor:
     """Unit decoder rows in raw activation units (``[d_sae, d_model]``)."""
     return torch.nn.functional.normalize((sae.W_dec / sae.input_scale).detach().float(), dim=1)
+
+
+def _fires(codes: Any) -> np.ndarray:
+    """Firings per latent (column) of a sparse code matrix."""
+    return np.asarray((codes > 0).sum(0)).ravel()
 
 
 def best_matches(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +158,7 @@ def lineage_of(gsae: SparseAutoencoder, ssae: SparseAutoencoder, g_codes: Any, s
     same = np.full(len(s_dirs), np.nan)
     if len(s_dirs) == len(g_dirs):
         same = (s_dirs * g_dirs).sum(1).numpy()
-    s_live = np.asarray((s_codes > 0).sum(0)).ravel() > 0
-    g_live = np.asarray((g_codes > 0).sum(0)).ravel() > 0
+    s_live, g_live = _fires(s_codes) > 0, _fires(g_codes) > 0
     correlation = paired_correlation(s_codes, g_codes, match)
     classes = classify(cosine, correlation, s_live, cfg)
     candidates = np.flatnonzero(g_live)
@@ -327,10 +332,10 @@ def lineage(
     g_codes, s_codes = sparse_codes(gsae, rows["activation"]), sparse_codes(ssae, rows["activation"])
     lin = lineage_of(gsae, ssae, g_codes, s_codes, cfg)
 
-    fires_sub = np.asarray((s_codes[:sub_rows] > 0).sum(0)).ravel()
-    fires_gen = np.asarray((s_codes[sub_rows:] > 0).sum(0)).ravel()
     gen_rows = len(rows["token_id"]) - sub_rows
-    specificity = ((fires_sub + 1) / (sub_rows + 1)) / ((fires_gen + 1) / (gen_rows + 1))
+    fires_sub, fires_gen = _fires(s_codes[:sub_rows]), _fires(s_codes[sub_rows:])
+    g_fires_sub, g_fires_gen = _fires(g_codes[:sub_rows]), _fires(g_codes[sub_rows:])
+    specificity = firing_ratio(fires_sub, sub_rows, fires_gen, gen_rows)
     sub_tokens = rows["token_id"][:sub_rows]
     concept_sets = {}
     if tail_tokens and Path(tail_tokens).exists():
@@ -366,14 +371,13 @@ def lineage(
     )
     with atomic_path(out_dir / "latents.csv") as tmp:
         table.to_csv(tmp, index=False)
-    g_fires_sub = np.asarray((g_codes[:sub_rows] > 0).sum(0)).ravel()
-    g_fires_gen = np.asarray((g_codes[sub_rows:] > 0).sum(0)).ravel()
     dropped = pd.DataFrame(
         {
             "gsae_latent": lin.dropped,
             "best_ssae_cosine": lin.dropped_cosine,
             "fires_subdomain": g_fires_sub[lin.dropped],
             "fires_general": g_fires_gen[lin.dropped],
+            "specificity": firing_ratio(g_fires_sub, sub_rows, g_fires_gen, gen_rows)[lin.dropped],
         }
     )
     with atomic_path(out_dir / "dropped.csv") as tmp:
@@ -392,28 +396,22 @@ def lineage(
     live = np.flatnonzero(lin.live)
     s_lens = logit_lens(decoder_directions(ssae)[live], unembed, cfg.logit_tokens)
     g_lens = logit_lens(decoder_directions(gsae)[lin.dropped], unembed, cfg.logit_tokens)
-    records = browser_records("ssae", s_codes, live, rows, index, s_lens, cfg)
-    records += browser_records("gsae", g_codes, lin.dropped, rows, index, g_lens, cfg)
-    for r in records:
-        src = table.iloc[r["latent"]] if r["sae"] == "ssae" else None
-        if src is not None:
-            r |= {
-                "cls": src["class"],
-                "match": int(src["gsae_latent"]),
-                "cos": float(src["gsae_cosine"]),
-                "corr": None if math.isnan(src["correlation"]) else float(src["correlation"]),
-                "fs": int(src["fires_subdomain"]),
-                "fg": int(src["fires_general"]),
-                "spec": float(src["specificity"]),
-                "concepts": src["concepts"],
-            }
-        else:
-            j = r["latent"]
-            fs, fg = int(g_fires_sub[j]), int(g_fires_gen[j])
-            spec = ((fs + 1) / (sub_rows + 1)) / ((fg + 1) / (gen_rows + 1))
-            back = float(lin.dropped_cosine[np.flatnonzero(lin.dropped == j)[0]])
-            r |= {"cls": "dropped", "match": None, "cos": back, "corr": None, "fs": fs, "fg": fg, "spec": spec}
-            r["concepts"] = ""
+    ssae_rows = table.iloc[live].rename(columns={"class": "cls"}).itertuples()
+    records = [
+        r | {"cls": src.cls, "match": int(src.gsae_latent), "cos": float(src.gsae_cosine),
+             "corr": None if math.isnan(src.correlation) else float(src.correlation),
+             "fs": int(src.fires_subdomain), "fg": int(src.fires_general), "spec": float(src.specificity),
+             "concepts": src.concepts}
+        for r, src in zip(browser_records("ssae", s_codes, live, rows, index, s_lens, cfg), ssae_rows, strict=True)
+    ]  # fmt: skip
+    records += [
+        r | {"cls": "dropped", "match": None, "cos": float(src.best_ssae_cosine), "corr": None,
+             "fs": int(src.fires_subdomain), "fg": int(src.fires_general), "spec": float(src.specificity),
+             "concepts": ""}
+        for r, src in zip(
+            browser_records("gsae", g_codes, lin.dropped, rows, index, g_lens, cfg), dropped.itertuples(), strict=True
+        )
+    ]  # fmt: skip
     title = f"SSAE {'/'.join(Path(ssae_dir).parts[-4:-1])} vs GSAE {Path(gsae_dir).parent.name}"
     size = write_browser(records, tokenizer, out_dir / "browser.html", title, cfg.page_size, sub_rows, gen_rows)
     log.info("browser: %d latents, %.1f MB", len(records), size / 1e6)
