@@ -193,8 +193,8 @@ def metrics_table(
 
 def comparison_pairs(table: Any, main_k: int) -> list[tuple[str, str, str]]:
     """``(run, reference label, reference run)`` at the main k: each SSAE vs the GSAE and vs
-    the control of the same recipe, the control vs the GSAE, the largest tilt vs the
-    smallest and scratch vs finetune."""
+    the control of the same recipe, a TracIn strategy's SSAE vs its base strategy's, the
+    control vs the GSAE, the largest tilt vs the smallest and scratch vs finetune."""
     runs = table[table["k"] == main_k].drop_duplicates("run").set_index("run")
     gsae = f"gsae/k{main_k}"
     pairs = []
@@ -204,6 +204,12 @@ def comparison_pairs(table: Any, main_k: int) -> list[tuple[str, str, str]]:
         same = runs[(runs["family"] == "control") & (runs["init"] == r["init"]) & (runs["tilt"] == r["tilt"])]
         if r["family"] == "SSAE" and not same.empty:
             pairs.append((run, "control", same.index[0]))
+        # A reranked strategy against the retrieval it reranks (dense_tracin vs dense).
+        base = str(r["strategy"]).removesuffix("_tracin")
+        if base != r["strategy"]:
+            same = runs[(runs["strategy"] == base) & (runs["init"] == r["init"]) & (runs["tilt"] == r["tilt"])]
+            if not same.empty:
+                pairs.append((run, f"SSAE {base}", same.index[0]))
     for (_strategy, _init), part in runs[runs["family"] != "GSAE"].groupby(["strategy", "init"]):
         tilts = part.sort_values("tilt")
         if len(tilts) > 1:

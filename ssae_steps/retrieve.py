@@ -8,7 +8,10 @@ Strategies (the paper's recipe is ``dense``):
 * ``bm25``   - the same with BM25 (``bm25s``) scores, each seed document as a query;
 * ``random`` - pool documents only, in a seeded random order: general text with no seed
   documents, the paper's general-data baseline and the matched-compute control;
-* ``seed_random`` - the seed documents, then random pool documents.
+* ``seed_random`` - the seed documents, then random pool documents;
+* ``dense_tracin``, ``bm25_tracin`` - dense or BM25 retrieval of ``tracin.candidate_multiple``
+  x the budget, reranked by TracIn against the seed set under the general SAE
+  (:mod:`ssae_steps.tracin`, which writes their corpora; :func:`select` writes the candidates).
 
 Every strategy fills the same **token budget**, counted with the foundation model's
 tokenizer (no special tokens): seed documents first (``include_seed``; never for
@@ -38,11 +41,13 @@ from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_
 from ssae_steps._io import atomic_path, write_json
 from ssae_steps.embed import EmbedderConfig
 from ssae_steps.faiss_index import IndexConfig
+from ssae_steps.tracin import TracInConfig
 
 log = logging.getLogger("ssae.retrieve")
 
-Strategy = Literal["seed", "dense", "bm25", "random", "seed_random"]
-STRATEGIES: tuple[str, ...] = ("seed", "dense", "bm25", "random", "seed_random")
+Strategy = Literal["seed", "dense", "bm25", "random", "seed_random", "dense_tracin", "bm25_tracin"]
+STRATEGIES: tuple[str, ...] = ("seed", "dense", "bm25", "random", "seed_random", "dense_tracin", "bm25_tracin")
+TRACIN_STRATEGIES: tuple[str, ...] = ("dense_tracin", "bm25_tracin")
 
 
 @dataclass
@@ -65,12 +70,19 @@ class RetrievalConfig:
     """Sentence embedder for dense retrieval."""
     index: IndexConfig = field(default_factory=IndexConfig)
     """faiss index over the pool embeddings."""
+    tracin: TracInConfig = field(default_factory=TracInConfig)
+    """Candidates and scoring of the TracIn strategies."""
 
     def validate(self, where: str) -> None:
         if not self.strategies:
             raise ConfigError(f"{where}.strategies: name at least one strategy")
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"{where}.strategies: duplicates in {self.strategies}")
+        tracin = [s for s in self.strategies if s in TRACIN_STRATEGIES]
+        if tracin and not self.include_seed:
+            raise ConfigError(
+                f"{where}.include_seed: {tracin} score candidates against the seed documents; set it true"
+            )
         require_at_least(where, 1, token_budget=self.token_budget, neighbours_per_seed=self.neighbours_per_seed)
 
     @classmethod
@@ -196,6 +208,8 @@ def select(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if strategy in TRACIN_STRATEGIES:
+        raise ConfigError(f"retrieval: {strategy} is written by ssae_steps.tracin from its base strategy's candidates")
     started = time.time()
     seed_df, pool_df = _load_inputs(seed_table, pool_table)
     sub_name, pool_name = cfg.subdomain or Path(seed_table).parent.name, cfg.pool or Path(pool_table).parent.name

@@ -59,6 +59,13 @@ the SAE it finetunes, and the code of this stage. The checkpoint is deleted once
 outputs are written, so a finished run leaves nothing a later run could reuse.
 Non-finite losses or weights stop the run with an error, before any checkpoint of them is
 written.
+
+Snapshots (``snapshots`` > 0; the GSAE of the first seed keeps 4 by default): the SAE at
+``snapshots`` evenly spaced steps (the last one the final weights), each a SAELens-layout
+directory in ``out_dir/snapshots`` listed with its step and learning-rate weight in
+``snapshots/manifest.json`` (written last). They are TracIn-CP's checkpoints
+(:mod:`ssae_steps.tracin`); a snapshot's weight is the mean learning rate over the steps it
+stands for (since the previous snapshot), since the final one's own rate is ~0 after the decay.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -200,6 +208,8 @@ class GeneralSAEPlan:
     """SAELens-format directory (cfg.json + sae_weights.safetensors) to use instead of
     training; its d_in must be the model's d_model and its architecture training.sae's."""
     epochs: float = 1.0
+    snapshots: int = 4
+    """Weight snapshots the first seed's GSAE keeps for TracIn reranking (0: none)."""
 
 
 @dataclass
@@ -472,10 +482,31 @@ def _step_losses(
 CODE = ("train_sae", "sae", "activation_reader", "_cli")
 
 
-def _run_key(cfg: TrainConfig, manifest: dict[str, Any], init_from: str | Path | None) -> str:
+def _run_key(cfg: TrainConfig, manifest: dict[str, Any], init_from: str | Path | None, snapshots: int) -> str:
     init_digest = tree_digest(init_from) if init_from is not None else None
-    src = json.dumps([to_mapping(cfg), manifest["run_key"], init_digest, code_fingerprint(*CODE)], sort_keys=True)
-    return hashlib.sha1(src.encode()).hexdigest()
+    parts = [to_mapping(cfg), manifest["run_key"], init_digest, code_fingerprint(*CODE), snapshots]
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def snapshot_steps(total_steps: int, snapshots: int) -> list[int]:
+    """``snapshots`` evenly spaced steps in ``1..total_steps``, the last being ``total_steps``."""
+    return sorted({max(1, round(total_steps * i / snapshots)) for i in range(1, snapshots + 1)})
+
+
+def snapshot_weights(cfg: TrainConfig, steps: list[int], total_steps: int) -> list[float]:
+    """TracIn-CP weight of each snapshot: the mean learning rate over the steps since the
+    previous snapshot (the steps it stands for)."""
+    lr, weights, previous = effective_lr(cfg), [], 0
+    for step in steps:
+        factors = [lr_factor(cfg, s, total_steps) for s in range(previous, step)]
+        weights.append(lr * sum(factors) / len(factors))
+        previous = step
+    return weights
+
+
+def write_snapshot_manifest(directory: Path, entries: list[dict[str, Any]], **info: Any) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "manifest.json", {**info, "snapshots": entries})
 
 
 def train_sae(
@@ -486,9 +517,11 @@ def train_sae(
     stop_after_steps: int | None = None,
     device: str = "cpu",
     on_step: Callable[[int, Callable[[], SparseAutoencoder]], None] | None = None,
+    snapshots: int = 0,
 ) -> dict[str, Any]:
     """Train on the activation set of ``manifest_path``; write ``out_dir/sae`` (SAELens
-    layout), ``train_log.csv`` and ``summary.json``. ``stop_after_steps`` ends the run early
+    layout), ``train_log.csv``, ``summary.json`` and ``snapshots/`` (``snapshots`` weight
+    snapshots for TracIn; only its manifest when 0). ``stop_after_steps`` ends the run early
     (as a crash would) after that many steps, leaving only the checkpoint. ``on_step(step,
     current)``, if given, is called after every step; ``current()`` returns the SAE with its
     evaluation weights (:func:`evaluation_sae`; do not modify it)."""
@@ -522,8 +555,10 @@ def train_sae(
     lr = effective_lr(cfg)
     optimizer = _optimizer(cfg, sae, lr)
     tokens_since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long, device=device)
-    step, rows, key = 0, [], _run_key(cfg, manifest, init_from if cfg.init == "finetune" else None)
+    step, rows, key = 0, [], _run_key(cfg, manifest, init_from if cfg.init == "finetune" else None, snapshots)
     checkpoint = out_dir / "checkpoint.pt"
+    snapshot_dir = out_dir / "snapshots"
+    snapshot_at = snapshot_steps(total_steps, snapshots) if snapshots else []
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
         if state["run_key"] == key:
@@ -533,6 +568,8 @@ def train_sae(
             tokens_since_fired = state["tokens_since_fired"].to(device)
             torch.set_rng_state(state["torch_rng"])
             log.info("resuming from step %d of %d", step, total_steps)
+    if step == 0 and snapshot_dir.exists():
+        shutil.rmtree(snapshot_dir)  # an earlier run's; a resumed run keeps its own
     started = time.time()
     progress = tqdm(total=total_steps, initial=step, desc=f"train {cfg.init} t={cfg.tilt:g}", unit="step")
     while step < total_steps:
@@ -568,6 +605,8 @@ def train_sae(
                         "lr": step_lr,
                     }
                 )
+            if step in snapshot_at:  # before the checkpoint, so a resumed run never lacks it
+                save_sae(copy.deepcopy(evaluation_sae(sae, optimizer)).cpu(), snapshot_dir / f"step-{step:06d}")
             if step % cfg.checkpoint_every == 0 or step == total_steps:
                 if not all(torch.isfinite(p).all() for p in sae.parameters()):
                     raise FloatingPointError(f"non-finite SAE weights at step {step}")
@@ -613,6 +652,14 @@ def train_sae(
         "seconds": round(seconds, 2),
         "tokens_per_second": round(step * cfg.batch_size / max(seconds, 1e-9), 1),
     }
+    entries = [
+        {"step": s, "lr_weight": w, "directory": f"step-{s:06d}"}
+        for s, w in zip(snapshot_at, snapshot_weights(cfg, snapshot_at, total_steps), strict=True)
+    ]
+    missing = [e["directory"] for e in entries if not (snapshot_dir / e["directory"]).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{snapshot_dir}: snapshots {missing} are gone; delete {checkpoint} and rerun")
+    write_snapshot_manifest(snapshot_dir, entries, run_key=key, total_steps=total_steps)
     write_json(out_dir / "summary.json", summary)
     checkpoint.unlink(missing_ok=True)
     return summary
@@ -635,6 +682,8 @@ def import_pretrained(directory: str | Path, manifest_path: str | Path, out_dir:
         tmp.write_text(",".join(LOG_FIELDS) + "\n")
     summary = {"config": {"sae": to_mapping(sae.cfg), "init": "pretrained"}, "pretrained_from": str(directory)}
     write_json(out_dir / "summary.json", summary)
+    # No training history: TracIn falls back to the final weights alone.
+    write_snapshot_manifest(out_dir / "snapshots", [], pretrained_from=str(directory))
     return summary
 
 
@@ -649,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", required=True, help="activation-set manifest to train on")
     parser.add_argument("--init-from", default=None, help="SAE directory to finetune")
     parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--snapshots", type=int, default=0, help="weight snapshots to keep (for TracIn)")
     add_device_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -659,7 +709,9 @@ def main(argv: list[str] | None = None) -> int:
             import_pretrained(plan.gsae.pretrained, args.manifest, args.out_dir)
             return
         cfg = plan.run_config(args.role, args.init, args.tilt, args.k, args.seed)
-        summary = train_sae(cfg, args.manifest, args.out_dir, init_from=args.init_from, device=device)
+        summary = train_sae(
+            cfg, args.manifest, args.out_dir, init_from=args.init_from, device=device, snapshots=args.snapshots
+        )
         log.info("trained %s steps: final %s", summary["steps"], summary["final"])
 
     return run_stage(body)

@@ -492,3 +492,45 @@ def test_term_study_trains_each_tilt_and_compares_it_with_erm(local_run: Path) -
     summary = (local_run / "results/eval/term_study.md").read_text()
     assert "t=1, k=8, subdomain (1 seed)" in summary
     assert (local_run / "results/eval/term_study.png").stat().st_size > 10_000
+
+
+def test_tracin_strategy_reranks_candidates_under_the_gsae_snapshots(local_run: Path) -> None:
+    """dense_tracin: dense candidates (2 x the budget) and their activations, reranked by
+    TracIn under the first seed's GSAE snapshots into the same budget; a changed GSAE
+    reruns the reranking but not the candidates or their activations."""
+    config = yaml.safe_load((local_run / "config.yaml").read_text())
+    config["retrieval"]["strategies"] = [*STRATS, "dense_tracin"]
+    changed = local_run / "changed-tracin.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
+    for rule in ("retrieve_tracin_candidates", "cache_candidate_activations", "rerank_tracin"):
+        assert jobs.pop(rule) == 1
+    assert jobs.pop("train_ssae") == 1 and jobs.pop("evaluate_sae") == 1 and "train_gsae" not in jobs
+    target = "results/sae/physics/dense_tracin/finetune-t0-k8/summary.json"
+    result = snakemake(local_run, "--configfile", str(changed), "--cores", "2", target)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    chosen = pq.read_table(local_run / "results/retrieval/physics/dense_tracin/docs.parquet").to_pandas()
+    candidates = pq.read_table(local_run / "results/retrieval/physics/tracin_candidates/dense/docs.parquet").to_pandas()
+    dense = pq.read_table(local_run / "results/retrieval/physics/dense/docs.parquet").to_pandas()
+    seeds = chosen[chosen["origin"] == "seed"]
+    assert (
+        chosen["origin"].iloc[: len(seeds)].eq("seed").all()
+        and seeds["doc_id"].tolist() == dense.loc[dense["origin"] == "seed", "doc_id"].tolist()
+    )
+    assert chosen["n_tokens"].sum() <= 12000 < candidates["n_tokens"].sum()
+    assert set(chosen["doc_id"]) <= set(candidates["doc_id"]) and not chosen["doc_id"].duplicated().any()
+    retrieved = chosen[chosen["origin"] == "retrieved"]
+    assert (np.diff(retrieved["score"].to_numpy()) <= 0).all()  # TracIn order
+    pool = pq.read_table(local_run / "results/corpora/general/docs.parquet").to_pandas()
+    assert not set(retrieved["doc_id"]) & set(pool.loc[pool["split"] != "train", "doc_id"])
+    summary = json.loads((local_run / "results/retrieval/physics/dense_tracin/summary.json").read_text())
+    assert [c["step"] for c in summary["tracin"]["checkpoints"]] == [
+        s["step"]
+        for s in json.loads((local_run / "results/sae/general/k8/snapshots/manifest.json").read_text())["snapshots"]
+    ]
+    assert len(summary["tracin"]["checkpoints"]) == 4
+
+    jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n", "--forcerun", "train_gsae"))
+    assert jobs["rerank_tracin"] == 1
+    assert "retrieve_tracin_candidates" not in jobs and "cache_candidate_activations" not in jobs

@@ -1,5 +1,6 @@
 # Shared helpers: config validation, code fingerprints, interpreter.
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -17,11 +18,12 @@ from ssae_steps.debias import DebiasConfig  # noqa: E402
 from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
 from ssae_steps.lineage import LineageConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
-from ssae_steps.retrieve import RetrievalConfig  # noqa: E402
+from ssae_steps.retrieve import TRACIN_STRATEGIES, RetrievalConfig  # noqa: E402
 from ssae_steps.term_study import TermStudyConfig  # noqa: E402
 from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
 from ssae_steps import activations as activations_module  # noqa: E402
 from ssae_steps import train_sae as train_sae_module  # noqa: E402
+from ssae_steps import tracin as tracin_module  # noqa: E402
 from ssae_steps.train_sae import TrainingPlan  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"

@@ -48,13 +48,13 @@ rule build_index:
         "--meta {input.meta} --seed {params.seed} --out-index {output.index} --out-meta {output.meta} > {log} 2>&1"
 
 
-def selection_inputs(wildcards):
+def retrieval_inputs(strategy):
     inputs = {
         "seed": f"results/corpora/{SUBDOMAIN}/docs.parquet",
         "pool": f"results/corpora/{POOL}/docs.parquet",
         "model": "results/model/model.json",
     }
-    if wildcards.strategy == "dense":
+    if strategy == "dense":
         inputs |= {
             "pool_vectors": f"results/embeddings/{POOL}/vectors.npy",
             "pool_meta": f"results/embeddings/{POOL}/meta.json",
@@ -65,18 +65,20 @@ def selection_inputs(wildcards):
     return inputs
 
 
-def selection_params(wildcards):
+def retrieval_params(strategy, budget_multiple=1.0):
     """Only the keys a strategy reads, so e.g. a new embedder reruns dense alone."""
     keys = ["subdomain", "pool", "token_budget", "include_seed"]
-    if wildcards.strategy in ("dense", "bm25"):
+    if strategy in ("dense", "bm25"):
         keys.append("neighbours_per_seed")
-    if wildcards.strategy == "dense":
+    if strategy == "dense":
         keys += ["embedder", "index"]
-    return as_json({k: RETRIEVAL[k] for k in keys})
+    params = {k: RETRIEVAL[k] for k in keys}
+    params["token_budget"] = math.ceil(params["token_budget"] * budget_multiple)
+    return as_json(params)
 
 
-def dense_flags(wildcards, input):
-    if wildcards.strategy != "dense":
+def dense_flags(strategy, input):
+    if strategy != "dense":
         return ""
     return (
         f"--pool-vectors {input.pool_vectors} --pool-meta {input.pool_meta} "
@@ -84,19 +86,30 @@ def dense_flags(wildcards, input):
     )
 
 
+RETRIEVAL_SHELL = (
+    "{PY:q} -m ssae_steps.retrieve --strategy {params.strategy} --params {params.cfg:q} "
+    "--seed {params.seed} --seed-table {input.seed} --pool-table {input.pool} "
+    "--model-dir results/model/hf {params.dense} "
+    "--out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
+)
+# Strategies select_data writes; the TracIn ones come from rerank_tracin (tracin.smk).
+DIRECT_STRATEGIES = [s for s in STRATEGIES if s not in TRACIN_STRATEGIES]
+
+
 rule select_data:
     input:
-        unpack(selection_inputs),
+        unpack(lambda wc: retrieval_inputs(wc.strategy)),
     output:
         table="results/retrieval/{subdomain}/{strategy}/docs.parquet",
         summary="results/retrieval/{subdomain}/{strategy}/summary.json",
     wildcard_constraints:
         subdomain=SUBDOMAIN,
-        strategy="|".join(STRATEGIES),
+        strategy="|".join(DIRECT_STRATEGIES) or "^$",
     params:
-        cfg=selection_params,
+        strategy=lambda wc: wc.strategy,
+        cfg=lambda wc: retrieval_params(wc.strategy),
         seed=config["seed"],
-        dense=dense_flags,
+        dense=lambda wc, input: dense_flags(wc.strategy, input),
         code=code_version("retrieve", "embed", "faiss_index"),
     conda:
         ENV
@@ -105,10 +118,7 @@ rule select_data:
     benchmark:
         "benchmarks/select_data/{subdomain}/{strategy}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.retrieve --strategy {wildcards.strategy} --params {params.cfg:q} "
-        "--seed {params.seed} --seed-table {input.seed} --pool-table {input.pool} "
-        "--model-dir results/model/hf {params.dense} "
-        "--out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
+        RETRIEVAL_SHELL
 
 
 rule compare_selection:

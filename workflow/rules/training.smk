@@ -74,11 +74,14 @@ rule train_gsae:
         sae=directory("results/sae/general/k{k}{seedtag}/sae"),
         log_csv="results/sae/general/k{k}{seedtag}/train_log.csv",
         summary="results/sae/general/k{k}{seedtag}/summary.json",
+        snapshots=directory("results/sae/general/k{k}{seedtag}/snapshots"),
     wildcard_constraints:
         k=r"\d+",
         seedtag=SEED_TAG,
     params:
         cfg=as_json(GSAE_PARAMS),
+        # TracIn reads the snapshots of the first seed's GSAE at the main k only.
+        snapshots=lambda wc: TRAINING_PLAN.gsae.snapshots if not wc.seedtag and int(wc.k) == MAIN_K else 0,
         pretrained=content_digest(TRAINING_PLAN.gsae.pretrained) if TRAINING_PLAN.gsae.pretrained else "",
         seed=lambda wc: seed_of(wc.seedtag),
         device=DEVICE,
@@ -96,7 +99,7 @@ rule train_gsae:
     shell:
         "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role gsae --k {wildcards.k} "
         "--seed {params.seed} --manifest {input.activations} --out-dir {params.out_dir} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "--snapshots {params.snapshots} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 def ssae_inputs(wildcards):
