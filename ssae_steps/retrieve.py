@@ -58,8 +58,8 @@ class RetrievalConfig:
     """Seed corpus (a ``subdomain`` corpus); None: the only subdomain corpus."""
     pool: str | None = None
     """Corpus searched for more documents; None: the only ``general`` corpus."""
-    strategies: list[Strategy] = field(default_factory=lambda: list(STRATEGIES))
-    """Strategies to run; each yields its own corpus for comparison."""
+    strategies: list[Strategy] = field(default_factory=lambda: [s for s in STRATEGIES if s not in TRACIN_STRATEGIES])
+    """Strategies to run; each yields its own corpus for comparison (the TracIn ones need a GSAE)."""
     token_budget: int = 300_000
     """Tokens per selected corpus (foundation-model tokenizer), seed included."""
     include_seed: bool = True
