@@ -277,27 +277,15 @@ def select(
     with atomic_path(out_table) as tmp:
         pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp, compression="zstd")
 
-    retrieved = table[table["origin"] == "retrieved"]
-    finite = retrieved["score"].dropna()
     summary: dict[str, Any] = {
         "strategy": strategy,
         "subdomain": sub_name,
         "pool": pool_name,
         "token_budget": cfg.token_budget,
-        "documents": len(table),
-        "tokens": int(table["n_tokens"].sum()),
-        "seed_documents": int((table["origin"] == "seed").sum()),
-        "seed_tokens": int(table.loc[table["origin"] == "seed", "n_tokens"].sum()),
-        "retrieved_documents": len(retrieved),
-        "retrieved_tokens": int(retrieved["n_tokens"].sum()),
+        **selection_counts(table),
         "effective_k": effective_k,
-        "score_quantiles": (
-            {q: float(finite.quantile(float(q))) for q in ("0", "0.25", "0.5", "0.75", "1")} if len(finite) else None
-        ),
         "seconds": round(time.time() - started, 2),
     }
-    if "topic" in retrieved.columns:
-        summary["retrieved_topics"] = retrieved["topic"].fillna("").value_counts().head(12).to_dict()
     write_json(out_summary, summary)
     log.info(
         "%s: %d docs, %d tokens (%d retrieved docs) within budget %d",
@@ -308,6 +296,29 @@ def select(
         cfg.token_budget,
     )
     return summary
+
+
+def selection_counts(table: Any) -> dict[str, Any]:
+    """Sizes of a selected corpus, the quantiles of its retrieved documents' scores and
+    their topic mix (where documents carry a topic): the figures every strategy's summary
+    reports."""
+    seeds = table[table["origin"] == "seed"]
+    retrieved = table[table["origin"] == "retrieved"]
+    finite = retrieved["score"].dropna()
+    counts: dict[str, Any] = {
+        "documents": len(table),
+        "tokens": int(table["n_tokens"].sum()),
+        "seed_documents": len(seeds),
+        "seed_tokens": int(seeds["n_tokens"].sum()),
+        "retrieved_documents": len(retrieved),
+        "retrieved_tokens": int(retrieved["n_tokens"].sum()),
+        "score_quantiles": (
+            {q: float(finite.quantile(float(q))) for q in ("0", "0.25", "0.5", "0.75", "1")} if len(finite) else None
+        ),
+    }
+    if "topic" in retrieved.columns:
+        counts["retrieved_topics"] = retrieved["topic"].fillna("").value_counts().head(12).to_dict()
+    return counts
 
 
 def _dense(

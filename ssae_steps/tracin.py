@@ -290,6 +290,8 @@ def run(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ssae_steps.retrieve import selection_counts  # retrieve imports this module's config
+
     started = time.time()
     candidates = pq.read_table(candidates_path).to_pandas()
     position = {d: i for i, d in enumerate(candidates["doc_id"])}
@@ -323,28 +325,22 @@ def run(
     table = rerank(candidates, scores, token_budget, strategy)
     with atomic_path(out_table) as tmp:
         pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp, compression="zstd")
-    retrieved = table[table["origin"] == "retrieved"]
     pool = candidates[candidates["origin"] == "retrieved"]
-    kept = set(retrieved["doc_id"])
+    counts = selection_counts(table)
+    base_top = _base_top(pool, token_budget - counts["seed_tokens"])
     summary: dict[str, Any] = {
         "strategy": strategy,
         "base_strategy": base_strategy(strategy),
         "token_budget": token_budget,
-        "documents": len(table),
-        "tokens": int(table["n_tokens"].sum()),
-        "seed_documents": int((table["origin"] == "seed").sum()),
-        "seed_tokens": int(table.loc[table["origin"] == "seed", "n_tokens"].sum()),
-        "retrieved_documents": len(retrieved),
-        "retrieved_tokens": int(retrieved["n_tokens"].sum()),
+        **counts,
         "candidates": {
             "documents": len(pool),
             "tokens": int(pool["n_tokens"].sum()),
             "multiple": cfg.candidate_multiple,
         },
         # How much TracIn changed the base strategy's choice at the same budget.
-        "kept_from_base_top": len(
-            kept & set(_base_top(pool, token_budget - int(table.loc[table["origin"] == "seed", "n_tokens"].sum())))
-        ),
+        "kept_from_base_top": len(set(table.loc[table["origin"] == "retrieved", "doc_id"]) & set(base_top)),
+        "base_top_documents": len(base_top),
         "tracin": {
             "loss": "GSAE reconstruction loss ||x - x_hat||^2 / d_in (normalised units), mean over a document's tokens",
             "parameters": sorted(_params(snapshots[0].sae)),
@@ -356,13 +352,8 @@ def run(
                 else "none (exact inner products as directional derivatives)"
             ),
         },
-        "score_quantiles": {
-            q: float(np.quantile(scores[~is_seed], float(q))) for q in ("0", "0.25", "0.5", "0.75", "1")
-        },
         "seconds": round(time.time() - started, 2),
     }
-    if "topic" in retrieved.columns:
-        summary["retrieved_topics"] = retrieved["topic"].fillna("").value_counts().head(12).to_dict()
     write_json(out_summary, summary)
     log.info(
         "%s: %d docs, %d tokens; %d of the base strategy's picks kept",

@@ -1,0 +1,208 @@
+"""Throughput at a real model's size, for README's "Scaling up" numbers.
+
+Measures, on one device, with a model of Gemma 2 2B's shape (random weights: the cost of a
+forward pass does not depend on their values; no download needed):
+
+1. ``forward``: our caching forward pass (``model.residual_stream``: the blocks up to the
+   hooked one, no LM head) in tokens/s, per model dtype;
+2. ``host``: what caching does with each batch on the host - the copy to CPU memory and
+   the Parquet shard of float16 activations (``activations._shard_table``, written to
+   local disk) - in tokens/s, and bytes per stored token;
+3. ``train_step``: our TopK training step (``train_sae._step_losses``, backward, decoder
+   gradient projection, Adam, decoder renormalisation) on batches already on the device,
+   in tokens/s, per dictionary width;
+4. ``reader``: ``ActivationShardReader`` streaming a float16 set from local disk (shuffled,
+   as training reads it) in tokens/s: the rate a cached-set training run cannot exceed.
+
+    python bench/bench_scale.py --device cuda --out scale.json
+
+Prints one JSON object; the numbers are the device's and its host's, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ssae_steps.activations import _shard_table  # noqa: E402
+from ssae_steps.model import residual_stream  # noqa: E402
+from ssae_steps.sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from ssae_steps.train_sae import TrainConfig, _optimizer, _step_losses, remove_parallel_decoder_grad  # noqa: E402
+
+GEMMA2_2B = dict(
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    vocab_size=256000,
+)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def forward(device: str, hook_layer: int, batch: int, context: int, dtype: str, repeats: int) -> dict:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(**GEMMA2_2B, num_hidden_layers=hook_layer + 1)
+    with torch.device(device):
+        model = Gemma2ForCausalLM(config).to(getattr(torch, dtype)).eval()
+    ids = torch.randint(0, config.vocab_size, (batch, context), device=device)
+    mask = torch.ones_like(ids)
+    seconds = timed(lambda: residual_stream(model, ids, mask, hook_layer), device, repeats)
+    out = residual_stream(model, ids, mask, hook_layer)
+    host = timed(lambda: out.float().cpu().numpy(), device, repeats)
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {
+        "dtype": dtype,
+        "blocks": hook_layer + 1,
+        "batch": batch,
+        "context": context,
+        "tokens_per_second": batch * context / seconds,
+        "copy_to_host_tokens_per_second": batch * context / host,
+    }
+
+
+def host_shards(d_model: int, rows: int, directory: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    acts = np.random.default_rng(0).standard_normal((rows, d_model)).astype(np.float16)
+    ids = [f"doc-{i // 300}" for i in range(rows)]
+    positions = np.arange(rows, dtype=np.int32) % 300
+    tokens = np.zeros(rows, dtype=np.int32)
+    path = directory / "shard.parquet"
+
+    def write() -> None:
+        table = _shard_table(ids, positions, tokens, acts, "bench")
+        pq.write_table(
+            table,
+            path,
+            row_group_size=4096,
+            compression={"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"},
+        )
+
+    seconds = timed(write, "cpu", 3, warmup=1)
+    return {"rows": rows, "tokens_per_second": rows / seconds, "bytes_per_token": path.stat().st_size / rows}
+
+
+def train_steps(device: str, d_in: int, d_sae: int, k: int, batch: int, steps: int) -> dict:
+    cfg = TrainConfig.from_dict({"sae": {"d_sae": d_sae, "k": k, "d_in": d_in}, "batch_size": batch})
+    cfg.sae.d_in = d_in
+    sae = SparseAutoencoder(cfg.sae, input_scale=1.0).to(device)
+    optimizer = _optimizer(cfg, sae, 1e-4)
+    tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+    offset = torch.randn(d_in, device=device) * 3
+    data = [torch.randn(batch, d_in, device=device) + offset for _ in range(8)]
+    state = {"i": 0}
+
+    def step() -> None:
+        x = data[state["i"] % len(data)]
+        state["i"] += 1
+        loss, _, fired = _step_losses(sae, x, cfg, tokens_since_fired)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        remove_parallel_decoder_grad(sae.W_dec)
+        optimizer.step()
+        sae.normalize_decoder()
+        tokens_since_fired.add_(batch)
+        tokens_since_fired[fired] = 0
+
+    seconds = timed(step, device, steps, warmup=3)
+    return {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch, "tokens_per_second": batch / seconds}
+
+
+def reader(d_model: int, rows: int, batch: int, directory: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from ssae_steps._io import file_sha256
+    from ssae_steps.activation_reader import ActivationShardReader
+
+    shard_dir = directory / "set" / "shards"
+    shard_dir.mkdir(parents=True)
+    shards, per_shard = [], 65536
+    rng = np.random.default_rng(1)
+    for i, start in enumerate(range(0, rows, per_shard)):
+        n = min(per_shard, rows - start)
+        table = _shard_table(
+            [f"doc-{j}" for j in range(n)],
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+            rng.standard_normal((n, d_model)).astype(np.float16),
+            "bench",
+        )
+        file = shard_dir / f"shard-{i:05d}.parquet"
+        pq.write_table(table, file, row_group_size=4096)
+        shards.append({"file": file.name, "rows": n, "sha256": file_sha256(file)})
+    manifest = directory / "set" / "manifest.json"
+    manifest.write_text(json.dumps({"d_model": d_model, "tokens": rows, "shards": shards, "run_key": "bench"}))
+    stream = ActivationShardReader(manifest, batch, shuffle=True, verify=False)
+    start = time.perf_counter()
+    seen = sum(len(x) for x in stream)
+    return {"rows": seen, "batch": batch, "tokens_per_second": seen / (time.perf_counter() - start)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--hook-layer", type=int, default=12, help="0-based block whose output is cached")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=16, help="windows per forward pass")
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--widths", type=int, nargs="+", default=[16384, 65536])
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--train-batch", type=int, default=4096)
+    parser.add_argument("--reader-tokens", type=int, default=262144)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    d_model = GEMMA2_2B["hidden_size"]
+    result: dict = {"device": args.device, "model": "Gemma 2 2B shape (random weights)", "d_model": d_model}
+    if args.device.startswith("cuda"):
+        result["device_name"] = torch.cuda.get_device_name()
+    result["forward"] = [
+        forward(args.device, args.hook_layer, args.batch, args.context, d, args.repeats) for d in args.dtypes
+    ]
+    print(json.dumps(result["forward"]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        result["host"] = host_shards(d_model, 65536, Path(tmp))
+        print(json.dumps(result["host"]), flush=True)
+        result["reader"] = reader(d_model, args.reader_tokens, args.train_batch, Path(tmp))
+        print(json.dumps(result["reader"]), flush=True)
+    result["train_step"] = [
+        train_steps(args.device, d_model, w, args.k, args.train_batch, args.repeats * 2) for w in args.widths
+    ]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
