@@ -21,6 +21,14 @@ selected documents. A rerun after a crash keeps the complete shards of the same 
 resumes after them (no token is written twice); any other change re-caches. The manifest
 - the one output Snakemake tracks, written last - records each shard's row count and
 SHA-256, which :class:`~ssae_steps.activation_reader.ActivationShardReader` checks.
+
+Parts (scatter/gather, ``parts`` > 1 in the workflow): a set's shards are split into
+``parts`` contiguous runs (:func:`part_shards`); job i computes only the batches that hold
+rows of its run and writes those shards, plus a part manifest with its raw statistics;
+``activation_gather`` then writes the set's manifest. Every part cuts the same windows in
+the same order and keys its shards with the set's run key, so the gathered shards are the
+very files one job would write (same rows, boundaries and bytes), and the trainer reads
+the set unchanged.
 """
 
 from __future__ import annotations
@@ -71,6 +79,9 @@ class ActivationConfig:
     of its documents)."""
     max_heldout_tokens: int | None = 50_000
     """Cap on tokens cached from a held-out (evaluation) set (sampled the same way)."""
+    parts: int = 1
+    """Jobs the general pool's training set is cached in (scatter/gather; the shards are
+    the same whatever the number)."""
 
     def validate(self, where: str) -> None:
         require_at_least(where, 2, context_length=self.context_length)
@@ -79,6 +90,7 @@ class ActivationConfig:
             1,
             batch_size=self.batch_size,
             shard_tokens=self.shard_tokens,
+            parts=self.parts,
             max_train_tokens=self.max_train_tokens,
             max_heldout_tokens=self.max_heldout_tokens,
         )
@@ -218,6 +230,29 @@ class _RunningStats:
         self.norm_sumsq += float((norms * norms).sum())
         self.norm_max = max(self.norm_max, float(norms.max(initial=0.0)))
 
+    def raw(self) -> dict[str, Any]:
+        """The sums, for merging the statistics of parts (:meth:`merged`)."""
+        return {
+            "n": self.n,
+            "sum": self.sum.tolist(),
+            "sumsq": self.sumsq.tolist(),
+            "norm_sum": self.norm_sum,
+            "norm_sumsq": self.norm_sumsq,
+            "norm_max": self.norm_max,
+        }
+
+    @classmethod
+    def merged(cls, raws: list[dict[str, Any]]) -> _RunningStats:
+        out = cls(len(raws[0]["sum"]))
+        for raw in raws:
+            out.n += raw["n"]
+            out.sum += np.asarray(raw["sum"])
+            out.sumsq += np.asarray(raw["sumsq"])
+            out.norm_sum += raw["norm_sum"]
+            out.norm_sumsq += raw["norm_sumsq"]
+            out.norm_max = max(out.norm_max, raw["norm_max"])
+        return out
+
     def summary(self) -> dict[str, Any]:
         mean = self.sum / max(self.n, 1)
         var = np.maximum(self.sumsq / max(self.n, 1) - mean * mean, 0.0)
@@ -267,13 +302,21 @@ def _forward_batch(
     return ids, pos, tok, acts
 
 
-def _complete_shards(shard_dir: Path, run_key: str, shard_tokens: int) -> int:
-    """Number of leading full shards written by this same run; clears anything else."""
+def part_shards(total_rows: int, shard_tokens: int, part: int, parts: int) -> tuple[int, int]:
+    """Shard indices ``[first, last)`` part ``part`` of ``parts`` writes: the set's shards
+    in contiguous runs of near-equal length."""
+    n = math.ceil(total_rows / shard_tokens)
+    return n * part // parts, n * (part + 1) // parts
+
+
+def _complete_shards(shard_dir: Path, run_key: str, shard_tokens: int, first: int = 0, last: int | None = None) -> int:
+    """Number of full shards from ``first`` on written by this same run; clears the rest
+    of ``[first, last)`` (a part never touches another part's shards)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     count = 0
-    while (path := shard_dir / SHARD_PATTERN.format(count)).exists():
+    while (last is None or first + count < last) and (path := shard_dir / SHARD_PATTERN.format(first + count)).exists():
         try:
             meta = pq.read_metadata(path)
         except (pa.ArrowException, OSError):
@@ -283,7 +326,8 @@ def _complete_shards(shard_dir: Path, run_key: str, shard_tokens: int) -> int:
             break
         count += 1
     for stale in shard_dir.glob("shard-*.parquet"):
-        if int(stale.stem.split("-")[1]) >= count:
+        index = int(stale.stem.split("-")[1])
+        if index >= first + count and (last is None or index < last):
             stale.unlink()
     return count
 
@@ -298,9 +342,12 @@ def cache_activations(
     exclude_heldout_of: list[str | Path] | None = None,
     device: str = "cpu",
     seed: int = 0,
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Cache the activations of ``table``'s ``split`` documents; return the manifest.
-    ``seed`` fixes the document sample under the cap and the write order."""
+    ``seed`` fixes the document sample under the cap and the write order. ``part = (i,
+    n)``: write only part i of n of the shards (into ``manifest``'s grandparent's
+    ``shards/``; ``manifest`` is then the part's, e.g. ``SET/parts/0-of-2.json``)."""
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
@@ -308,7 +355,7 @@ def cache_activations(
 
     started = time.time()
     manifest = Path(manifest)
-    shard_dir = manifest.parent / "shards"
+    shard_dir = (manifest.parent.parent if part else manifest.parent) / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(manifest)
     doc_ids, texts, labels = select_documents(table, split, exclude_heldout_of or [])
@@ -321,15 +368,20 @@ def cache_activations(
     if not windows:
         raise ConfigError(f"file {table}: split {split!r} has no tokens")
     code = code_fingerprint(*CODE)
-    key_src = json.dumps([to_mapping(cfg), model_digest, code, hook_layer, split, seed, doc_ids, len(windows)])
+    # Not `parts`: however many jobs cache a set, its shards are the same.
+    key_cfg = {k: v for k, v in to_mapping(cfg).items() if k != "parts"}
+    key_src = json.dumps([key_cfg, model_digest, code, hook_layer, split, seed, doc_ids, len(windows)])
     run_key = hashlib.sha1(key_src.encode()).hexdigest()
-    done = _complete_shards(shard_dir, run_key, cfg.shard_tokens)
-    skip = done * cfg.shard_tokens
+    total_rows = sum(len(w.ids) for w in windows)
+    first, last = part_shards(total_rows, cfg.shard_tokens, *part) if part else (0, None)
+    done = _complete_shards(shard_dir, run_key, cfg.shard_tokens, first, last)
+    skip = (first + done) * cfg.shard_tokens
+    stop = total_rows if last is None else min(total_rows, last * cfg.shard_tokens)
     if done:
-        log.info("resuming after %d complete shards (%d tokens)", done, skip)
+        log.info("resuming after %d complete shards (%d tokens)", done, done * cfg.shard_tokens)
 
     stats = _RunningStats(dim)
-    for i in range(done):
+    for i in range(first, first + done):
         column = pq.read_table(shard_dir / SHARD_PATTERN.format(i), columns=["activation"])["activation"]
         values = column.combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
         for start in range(0, len(values), 4096):
@@ -339,7 +391,7 @@ def cache_activations(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     buffer: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = []
     buffered = 0
-    shard_index = done
+    shard_index = first + done
     emitted = 0
     shards = [
         {
@@ -347,7 +399,7 @@ def cache_activations(
             "rows": cfg.shard_tokens,
             "sha256": file_sha256(shard_dir / SHARD_PATTERN.format(i)),
         }
-        for i in range(done)
+        for i in range(first, first + done)
     ]
     # Shards are written by one background thread (Arrow releases the GIL) while the next
     # batches run; at most one write is in flight, bounding memory.
@@ -385,13 +437,18 @@ def cache_activations(
     )
     try:
         for batch in progress:
+            if emitted >= stop:
+                break  # the rest belongs to later parts
             rows = sum(len(w.ids) for w in batch)
             if emitted + rows <= skip:
                 emitted += rows
                 continue
             ids, pos, tok, acts = _forward_batch(model, batch, doc_ids, bos, pad, hook_layer)
             drop = max(0, skip - emitted)
+            keep = min(rows, stop - emitted)  # rows past this part's last shard: the next part's
             emitted += rows
+            ids, pos, tok, acts = ids[:keep], pos[:keep], tok[:keep], acts[:keep]
+            rows = keep
             largest = float(np.abs(acts).max())
             if not math.isfinite(largest):
                 raise FloatingPointError("non-finite activations from the model; check the model dtype")
@@ -414,8 +471,8 @@ def cache_activations(
         window_tokens[w.doc] += len(w.ids)
     sampled = sorted(window_tokens)
     sampled_labels = {c: [v[i] for i in sampled] for c, v in labels.items()}
-    info = {
-        "config": to_mapping(cfg),
+    info: dict[str, Any] = {
+        "config": key_cfg,
         "seed": seed,
         "model_dir": str(model_dir),
         "model_digest": model_digest,
@@ -447,8 +504,41 @@ def cache_activations(
         "seconds": round(time.time() - started, 2),
     }
     info["tokens_per_second"] = round(total / max(info["seconds"], 1e-9), 1)
+    if part:
+        info |= {"part": part[0], "parts": part[1], "shard_range": [first, last], "raw_stats": stats.raw()}
     write_json(manifest, info)
     log.info("cached %d tokens in %d shards (%.0f tokens/s)", total, len(shards), info["tokens_per_second"])
+    return info
+
+
+def gather_parts(part_manifests: list[str | Path], manifest: str | Path) -> dict[str, Any]:
+    """The set's manifest from its parts' (see :func:`cache_activations`): shards in order,
+    statistics merged from the parts' sums; parts of different runs or with gaps fail."""
+    parts = sorted((json.loads(Path(p).read_text()) for p in part_manifests), key=lambda m: m["part"])
+    if not parts:
+        raise ConfigError("activations.parts: no part manifests to gather")
+    n = parts[0]["parts"]
+    if [m["part"] for m in parts] != list(range(n)) or any(m["parts"] != n for m in parts):
+        raise ConfigError(f"{manifest}: parts {[m['part'] for m in parts]} are not 0..{n - 1} of one split")
+    if len({m["run_key"] for m in parts}) != 1:
+        raise ConfigError(f"{manifest}: parts from different runs (run keys differ); rerun the parts")
+    expected = 0
+    for m in parts:
+        first, last = m["shard_range"]
+        if first != expected or [s["file"] for s in m["shards"]] != [
+            SHARD_PATTERN.format(i) for i in range(first, last)
+        ]:
+            raise ConfigError(f"{manifest}: part {m['part']} holds shards {m['shard_range']}, expected from {expected}")
+        expected = last
+    info = {k: v for k, v in parts[0].items() if k not in ("part", "parts", "shard_range", "raw_stats")}
+    info["shards"] = [s for m in parts for s in m["shards"]]
+    info["tokens"] = sum(s["rows"] for s in info["shards"])
+    info["stats"] = _RunningStats.merged([m["raw_stats"] for m in parts]).summary()
+    info["seconds"] = round(sum(m["seconds"] for m in parts), 2)
+    info["tokens_per_second"] = round(info["tokens"] / max(info["seconds"], 1e-9), 1)
+    info["gathered_parts"] = n
+    write_json(manifest, info)
+    log.info("gathered %d parts: %d tokens in %d shards", n, info["tokens"], len(info["shards"]))
     return info
 
 
@@ -462,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude-heldout-of", nargs="*", default=[])
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--seed", type=int, default=0, help="document sample under the cap and write order")
+    parser.add_argument(
+        "--part", type=int, nargs=2, metavar=("I", "N"), help="write part I of N (manifest: the part's)"
+    )
     add_device_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -478,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             args.exclude_heldout_of,
             device,
             args.seed,
+            tuple(args.part) if args.part else None,
         )
 
     return run_stage(body)

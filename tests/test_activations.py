@@ -247,3 +247,77 @@ def test_new_weights_under_the_same_path_are_recached(tiny_model_dir: Path, corp
     for shard in range(len(after["shards"])):
         rows = slice(shard * 300, (shard + 1) * 300)
         assert not np.allclose(np.stack(old["activation"][rows]), np.stack(new["activation"][rows]))
+
+
+def test_parts_write_the_single_jobs_shards_and_gather_into_its_manifest(
+    tiny_model_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """Three part jobs (in reverse order, as a cluster may finish them) and the gather give
+    byte-identical shards and the same manifest as one job; bad gathers fail by name."""
+    from ssae_steps.activations import gather_parts, part_shards
+
+    cfg = _cfg(shard_tokens=700)
+    whole = cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", tmp_path / "one" / "manifest.json")
+    assert len(whole["shards"]) >= 5  # parts of more than one shard, and a partial last shard
+    part_files = [tmp_path / "set" / "parts" / f"{i}-of-3.json" for i in range(3)]
+    for i in reversed(range(3)):
+        part = cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", part_files[i], part=(i, 3))
+        assert part["shard_range"] == list(part_shards(whole["tokens"], 700, i, 3))
+    gathered = gather_parts(part_files, tmp_path / "set" / "manifest.json")
+    assert gathered["shards"] == whole["shards"]  # names, rows and SHA-256 of every shard
+    for entry in whole["shards"]:
+        one, set_ = (tmp_path / d / "shards" / entry["file"] for d in ("one", "set"))
+        assert one.read_bytes() == set_.read_bytes()
+    assert gathered["run_key"] == whole["run_key"] and gathered["tokens"] == whole["tokens"]
+    for key, value in whole["stats"].items():
+        np.testing.assert_allclose(gathered["stats"][key], value, rtol=1e-6, atol=1e-7)  # float32 partial sums
+    assert gathered["mix"] == whole["mix"]
+    reader = ActivationShardReader(tmp_path / "set" / "manifest.json", 256, seed=3)
+    assert sum(len(x) for x in reader) == whole["tokens"]
+
+    from ssae_steps._config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"parts \[0, 2\] are not 0..2"):
+        gather_parts([part_files[0], part_files[2]], tmp_path / "bad.json")
+    broken = json.loads(part_files[1].read_text()) | {"run_key": "other"}
+    part_files[1].write_text(json.dumps(broken))
+    with pytest.raises(ConfigError, match="different runs"):
+        gather_parts(part_files, tmp_path / "bad.json")
+
+
+def test_a_part_never_touches_another_parts_shards(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    cfg = _cfg(shard_tokens=700)
+    cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", tmp_path / "parts" / "1-of-2.json", part=(1, 2))
+    later = sorted((tmp_path / "shards").glob("shard-*.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in later]
+    cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", tmp_path / "parts" / "0-of-2.json", part=(0, 2))
+    assert [p.stat().st_mtime_ns for p in later] == stamps and all(p.exists() for p in later)
+
+
+def test_a_killed_part_resumes_its_own_shards(
+    tiny_model_dir: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssae_steps.model as model_module
+
+    cfg = _cfg(shard_tokens=300)
+    whole = cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", tmp_path / "one" / "manifest.json")
+    real, calls = model_module.residual_stream, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 25:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    part = tmp_path / "set" / "parts" / "1-of-2.json"
+    monkeypatch.setattr(model_module, "residual_stream", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", part, part=(1, 2))
+    kept = sorted((tmp_path / "set" / "shards").glob("shard-*.parquet"))
+    assert kept and not part.exists()
+    stamps = {p.name: p.stat().st_mtime_ns for p in kept}
+    monkeypatch.setattr(model_module, "residual_stream", real)
+    info = cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", part, part=(1, 2))
+    assert all((tmp_path / "set" / "shards" / n).stat().st_mtime_ns == t for n, t in stamps.items())
+    first, last = info["shard_range"]
+    assert info["shards"] == whole["shards"][first:last] and first > 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -12,13 +11,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from ssae_steps.sae import load_sae
 from tests.conftest import REPO, snakemake
 from tests.slurm_cluster import ClusterUnavailable, start_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("pipeline")]
-# The chain to the general SAE: model, corpora, activation caching, training. Retrieval
+# The chain to the general SAE: model, corpora, activation caching (in two parts and a
+# gather), training. Retrieval
 # and the SSAEs are more jobs of the same kind (every SLURM job also starts Snakemake and
 # waits on the plugin's status polling), so they would only lengthen the test; the local
 # run covers them.
@@ -39,7 +40,10 @@ def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Pa
     pytest.importorskip("snakemake_executor_plugin_slurm")
     workdir = tmp_path / "wf"
     workdir.mkdir()
-    shutil.copy(local_run / "config.yaml", workdir / "config.yaml")
+    # The pool's training set in two parts (scatter/gather), each its own SLURM job.
+    config = yaml.safe_load((local_run / "config.yaml").read_text())
+    config["activations"]["parts"] = 2
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(
         workdir,
         "--configfile",
@@ -75,7 +79,8 @@ def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Pa
     assert rules == {
         "prepare_model": 1,
         "build_corpus": 2,
-        "cache_corpus_activations": 1,
+        "cache_activation_part": 2,
+        "gather_activation_parts": 1,
         "train_gsae": 1,
     }
 
@@ -87,7 +92,8 @@ def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Pa
     for manifest in ["corpus/general/train"]:
         a = json.loads((workdir / "results/activations" / manifest / "manifest.json").read_text())
         b = json.loads((local_run / "results/activations" / manifest / "manifest.json").read_text())
-        assert a["tokens"] == b["tokens"]
+        assert a["tokens"] == b["tokens"] and a["gathered_parts"] == 2
+        assert a["shards"] == b["shards"]  # the parts wrote the single job's shards, byte for byte
         np.testing.assert_allclose(a["stats"]["mean"], b["stats"]["mean"], rtol=1e-4, atol=1e-5)
     for run in ["general/k8"]:
         a = load_sae(workdir / "results/sae" / run / "sae").state_dict()

@@ -298,6 +298,18 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "eval_baselines": 1,
             },
         ),
+        # Caching the pool's training set in parts: the same shards, but a new manifest,
+        # so what trains on it reruns; the other sets are untouched.
+        (
+            "activations.parts",
+            2,
+            {
+                "cache_activation_part": 2,
+                "gather_activation_parts": 1,
+                **ALL_TRAINING,
+                "tail_concepts": 1,
+            },
+        ),
         # A new tilt: only the SSAEs with that tilt, their evaluations and the overviews;
         # not the biography SSAE (its tilt is debias.ssae_tilt).
         (

@@ -11,6 +11,15 @@ def activation_exclusions(wildcards):
     return []
 
 
+PARTS = config["activations"]["parts"]
+# What caching reads; `parts` only splits the pool's training set into jobs (same shards).
+ACTIVATION_SETTINGS = {k: v for k, v in config["activations"].items() if k != "parts"}
+ACTIVATION_CFG = as_json(ACTIVATION_SETTINGS)
+
+# parts > 1: the pool's training manifest comes from the gather, every other set's from here.
+ruleorder: gather_activation_parts > cache_corpus_activations
+
+
 rule cache_corpus_activations:
     input:
         table="results/corpora/{corpus}/docs.parquet",
@@ -22,7 +31,7 @@ rule cache_corpus_activations:
         corpus="|".join(CORPORA),
         split="train|heldout",
     params:
-        cfg=as_json(config["activations"]),
+        cfg=ACTIVATION_CFG,
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
@@ -43,6 +52,64 @@ rule cache_corpus_activations:
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
 
+# With activations.parts > 1 the pool's training set is cached in parts (scatter) and
+# gathered into one manifest; the trainer reads it like any other set.
+rule cache_activation_part:
+    input:
+        table="results/corpora/{corpus}/docs.parquet",
+        exclude=activation_exclusions,
+        model="results/model/model.json",
+    output:
+        part="results/activations/corpus/{corpus}/{split}/parts/{part}-of-{parts}.json",
+    wildcard_constraints:
+        corpus=POOL,
+        split="train",
+        part=r"\d+",
+        parts=str(PARTS),
+    params:
+        cfg=ACTIVATION_CFG,
+        hook_layer=config["model"]["hook_layer"],
+        seed=config["seed"],
+        device=DEVICE,
+        code=code_version(*activations_module.CODE),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/cache_activations/corpus/{corpus}/{split}/part-{part}-of-{parts}.log",
+    benchmark:
+        "benchmarks/cache_activations/corpus/{corpus}/{split}/part-{part}-of-{parts}.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
+        "--hook-layer {params.hook_layer} --table {input.table} --split {wildcards.split} "
+        "--exclude-heldout-of {input.exclude} --manifest {output.part} --seed {params.seed} "
+        "--part {wildcards.part} {wildcards.parts} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule gather_activation_parts:
+    input:
+        parts=expand(
+            "results/activations/corpus/{{corpus}}/{{split}}/parts/{part}-of-{parts}.json",
+            part=range(PARTS),
+            parts=PARTS,
+        ),
+    output:
+        manifest="results/activations/corpus/{corpus}/{split}/manifest.json",
+    wildcard_constraints:
+        corpus=POOL if PARTS > 1 else "^$",
+        split="train",
+    params:
+        code=code_version("activation_gather", *activations_module.CODE),
+    conda:
+        ENV
+    log:
+        "logs/cache_activations/corpus/{corpus}/{split}/gather.log",
+    shell:
+        "{PY:q} -m ssae_steps.activation_gather --parts {input.parts} --manifest {output.manifest} > {log} 2>&1"
+
+
 rule cache_selected_activations:
     input:
         table="results/retrieval/{subdomain}/{strategy}/docs.parquet",
@@ -53,7 +120,7 @@ rule cache_selected_activations:
         subdomain=SUBDOMAIN,
         strategy="|".join(STRATEGIES),
     params:
-        cfg=as_json(config["activations"]),
+        cfg=ACTIVATION_CFG,
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,

@@ -47,7 +47,7 @@ rule cache_bios_activations:
     output:
         manifest="results/activations/debias/bios/manifest.json",
     params:
-        cfg=as_json(config["activations"]),
+        cfg=ACTIVATION_CFG,
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,

@@ -44,7 +44,7 @@ rule cache_candidate_activations:
         base="dense|bm25",
     params:
         # Every candidate is scored: no token cap.
-        cfg=as_json({**config["activations"], "max_train_tokens": None}),
+        cfg=as_json({**ACTIVATION_SETTINGS, "max_train_tokens": None}),
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
