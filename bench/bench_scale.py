@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from ssae_steps.activations import _shard_table  # noqa: E402
 from ssae_steps.model import residual_stream  # noqa: E402
-from ssae_steps.sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from ssae_steps.sae import SparseAutoencoder  # noqa: E402
 from ssae_steps.train_sae import TrainConfig, _optimizer, _step_losses, remove_parallel_decoder_grad  # noqa: E402
 
 GEMMA2_2B = dict(
@@ -75,7 +75,7 @@ def forward(device: str, hook_layer: int, batch: int, context: int, dtype: str, 
     seconds = timed(lambda: residual_stream(model, ids, mask, hook_layer), device, repeats)
     out = residual_stream(model, ids, mask, hook_layer)
     host = timed(lambda: out.float().cpu().numpy(), device, repeats)
-    del model
+    model.to("meta")  # free the device's memory before the next dtype
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return {
