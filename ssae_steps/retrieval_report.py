@@ -69,7 +69,7 @@ def _markdown(result: dict[str, Any], subdomain: str) -> str:
         head += f" retrieved in '{result['seed_topic']}' |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["strategies"]:
-        score = f"{r['median_score']:.3f}" if r["median_score"] is not None else "-"
+        score = f"{r['median_score']:.4g}" if r["median_score"] is not None else "-"
         counts = [r[k] for k in ("documents", "tokens", "seed_tokens", "retrieved_documents", "retrieved_tokens")]
         line = f"| {r['strategy']} | " + " | ".join(f"{c:,}" for c in counts) + f" | {score} |"
         if result["seed_topic"]:
@@ -82,7 +82,11 @@ def _markdown(result: dict[str, Any], subdomain: str) -> str:
     for a in names:
         cells = [f"{v:.2f}" if (v := result["jaccard_retrieved"][a][b]) is not None else "-" for b in names]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", "Scores are not comparable across strategies (cosine for dense, BM25 for bm25)."]
+    lines += [
+        "",
+        "Scores are not comparable across strategies (cosine for dense, BM25 for bm25, "
+        "TracIn influence on the seed set's GSAE loss for the *_tracin strategies).",
+    ]
     return "\n".join(lines) + "\n"
 
 
