@@ -298,6 +298,20 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "eval_baselines": 1,
             },
         ),
+        # The GSAE's TracIn snapshots: only the GSAE that keeps them (first seed, main k) and
+        # what is trained from it; not the k sweep's GSAE.
+        (
+            "training.gsae.snapshots",
+            2,
+            {
+                "train_gsae": 1,
+                "train_ssae": len(STRATS),
+                "training_report": 1,
+                "evaluate_sae": 1 + len(STRATS),
+                **EVAL_REPORTS,
+                "train_bios_ssae": 1,
+            },
+        ),
         # Caching the pool's training set in parts: the same shards, but a new manifest,
         # so what trains on it reruns; the other sets are untouched.
         (

@@ -22,7 +22,8 @@ if _unknown:
     raise WorkflowError(
         f"invalid config: training.seed_strategies: {_unknown} not in retrieval.strategies {STRATEGIES}"
     )
-GSAE_PARAMS = {**SHARED_TRAINING, "gsae": config["training"]["gsae"]}
+# `snapshots` goes to the one GSAE that keeps them (params.snapshots), not to every seed's.
+GSAE_PARAMS = {**SHARED_TRAINING, "gsae": {k: v for k, v in config["training"]["gsae"].items() if k != "snapshots"}}
 SSAE_PARAMS = {**SHARED_TRAINING, "ssae": {"tokens": config["training"]["ssae"]["tokens"]}}
 # The Pareto sweep's SSAEs: dense retrieval (the paper's best) with the first init and tilt.
 SWEEP_STRATEGY = "dense" if "dense" in STRATEGIES else STRATEGIES[0]
