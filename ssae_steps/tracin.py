@@ -219,10 +219,6 @@ def load_snapshots(gsae_dir: str | Path) -> list[Snapshot]:
     ]
 
 
-def _stream(manifest: str | Path, batch_tokens: int) -> Any:
-    return ActivationShardReader(manifest, batch_tokens, shuffle=False, with_metadata=True)
-
-
 def influence_scores(
     snapshots: list[Snapshot],
     seed_x: torch.Tensor,
@@ -300,8 +296,11 @@ def run(
     if not is_seed.any():
         raise ConfigError(f"file {candidates_path}: no seed documents among the candidates (include_seed is off?)")
 
+    # One reader (its shards verified once), read twice in file order: seeds, then everyone.
+    reader = ActivationShardReader(activations, cfg.batch_tokens, shuffle=False, with_metadata=True)
+
     def batches(seed_only: bool) -> Any:
-        for rows in _stream(activations, cfg.batch_tokens):
+        for rows in reader:
             doc = np.fromiter((position.get(d, -1) for d in rows["doc_id"]), dtype=np.int64, count=len(rows["doc_id"]))
             if (doc < 0).any():
                 raise ConfigError(f"file {activations}: activations of documents that are not candidates")
@@ -312,8 +311,7 @@ def run(
     seed_parts = list(batches(seed_only=True))
     seed_x = torch.cat([x for x, _ in seed_parts])
     seed_doc = np.unique(np.concatenate([d for _, d in seed_parts]), return_inverse=True)[1]
-    n_tokens = ActivationShardReader(activations, 1, shuffle=False).tokens
-    progress = tqdm(total=n_tokens, desc=f"TracIn {strategy}", unit="tok")
+    progress = tqdm(total=reader.tokens, desc=f"TracIn {strategy}", unit="tok")
 
     def counted() -> Any:
         for x, doc in batches(seed_only=False):

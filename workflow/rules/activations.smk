@@ -16,6 +16,19 @@ PARTS = config["activations"]["parts"]
 ACTIVATION_SETTINGS = {k: v for k, v in config["activations"].items() if k != "parts"}
 ACTIVATION_CFG = as_json(ACTIVATION_SETTINGS)
 
+# One command for every caching rule; `params.scope` names the documents (split, held-out
+# exclusions) and, for a part, which one.
+CACHE_SHELL = (
+    "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
+    "--hook-layer {params.hook_layer} --table {input.table} {params.scope} "
+    "--manifest {output.manifest} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+)
+
+
+def corpus_scope(wildcards, input):
+    return f"--split {wildcards.split} --exclude-heldout-of {' '.join(input.exclude)}"
+
+
 # parts > 1: the pool's training manifest comes from the gather, every other set's from here.
 ruleorder: gather_activation_parts > cache_corpus_activations
 
@@ -32,6 +45,7 @@ rule cache_corpus_activations:
         split="train|heldout",
     params:
         cfg=ACTIVATION_CFG,
+        scope=corpus_scope,
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
@@ -46,10 +60,7 @@ rule cache_corpus_activations:
     benchmark:
         "benchmarks/cache_activations/corpus/{corpus}/{split}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
-        "--hook-layer {params.hook_layer} --table {input.table} --split {wildcards.split} "
-        "--exclude-heldout-of {input.exclude} --manifest {output.manifest} --seed {params.seed} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        CACHE_SHELL
 
 
 # With activations.parts > 1 the pool's training set is cached in parts (scatter) and
@@ -60,7 +71,7 @@ rule cache_activation_part:
         exclude=activation_exclusions,
         model="results/model/model.json",
     output:
-        part="results/activations/corpus/{corpus}/{split}/parts/{part}-of-{parts}.json",
+        manifest="results/activations/corpus/{corpus}/{split}/parts/{part}-of-{parts}.json",
     wildcard_constraints:
         corpus=POOL,
         split="train",
@@ -68,6 +79,7 @@ rule cache_activation_part:
         parts=str(PARTS),
     params:
         cfg=ACTIVATION_CFG,
+        scope=lambda wc, input: f"{corpus_scope(wc, input)} --part {wc.part} {wc.parts}",
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
@@ -82,10 +94,7 @@ rule cache_activation_part:
     benchmark:
         "benchmarks/cache_activations/corpus/{corpus}/{split}/part-{part}-of-{parts}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
-        "--hook-layer {params.hook_layer} --table {input.table} --split {wildcards.split} "
-        "--exclude-heldout-of {input.exclude} --manifest {output.part} --seed {params.seed} "
-        "--part {wildcards.part} {wildcards.parts} --device {params.device} --threads {threads} > {log} 2>&1"
+        CACHE_SHELL
 
 
 rule gather_activation_parts:
@@ -121,6 +130,7 @@ rule cache_selected_activations:
         strategy="|".join(STRATEGIES),
     params:
         cfg=ACTIVATION_CFG,
+        scope="--split train",
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
@@ -135,9 +145,7 @@ rule cache_selected_activations:
     benchmark:
         "benchmarks/cache_activations/selected/{subdomain}/{strategy}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
-        "--hook-layer {params.hook_layer} --table {input.table} --split train "
-        "--manifest {output.manifest} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+        CACHE_SHELL
 
 
 def activation_manifests():

@@ -48,6 +48,7 @@ rule cache_bios_activations:
         manifest="results/activations/debias/bios/manifest.json",
     params:
         cfg=ACTIVATION_CFG,
+        scope="--split train",
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
@@ -62,9 +63,7 @@ rule cache_bios_activations:
     benchmark:
         "benchmarks/cache_activations/debias/bios.tsv"
     shell:
-        "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
-        "--hook-layer {params.hook_layer} --table {input.table} --split train "
-        "--manifest {output.manifest} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+        CACHE_SHELL
 
 
 rule train_bios_ssae:

@@ -45,6 +45,7 @@ rule cache_candidate_activations:
     params:
         # Every candidate is scored: no token cap.
         cfg=as_json({**ACTIVATION_SETTINGS, "max_train_tokens": None}),
+        scope="--split train",
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
@@ -59,9 +60,7 @@ rule cache_candidate_activations:
     benchmark:
         "benchmarks/cache_activations/tracin_candidates/{subdomain}/{base}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
-        "--hook-layer {params.hook_layer} --table {input.table} --split train "
-        "--manifest {output.manifest} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+        CACHE_SHELL
 
 
 rule rerank_tracin:
