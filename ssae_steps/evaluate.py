@@ -19,6 +19,9 @@ Definitions (per evaluation set, every cached test token):
   Headline: delta CE = spliced - clean cross-entropy and KL(clean || spliced) of the
   next-token distributions, in nats per token. Baselines (one job): the clean model and
   zero-ablation (block output set to 0); loss recovered = (zero - sae) / (zero - clean).
+  The baselines job also keeps the clean model's scores of the windows, so that each SAE's
+  evaluation runs only the spliced model (``ssae_steps.spliced_loss``; exact, not an
+  approximation).
 
 Beside each SAE's metrics (JSON), per-document sums on the test part (``per_doc.parquet``,
 :data:`PER_DOC_COLUMNS`) let the report bootstrap intervals over test documents: token
@@ -35,7 +38,6 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,14 @@ from ssae_steps.activation_reader import load_activation_set
 from ssae_steps.bootstrap import Metric, fvu_metric, ratio
 from ssae_steps.heldout_split import in_test_part
 from ssae_steps.sae import SparseAutoencoder, load_sae
+from ssae_steps.spliced_loss import (
+    CleanScores,
+    clean_scores,
+    load_clean_scores,
+    save_clean_scores,
+    window_losses,
+    windows_fingerprint,
+)
 from ssae_steps.tail_concepts import TailConfig, concept_detection, read_token_types, tail_recall
 
 log = logging.getLogger("ssae.evaluate")
@@ -255,105 +265,6 @@ def sample_windows(windows: list[Any], max_tokens: int, seed: int) -> list[Any]:
     return picked
 
 
-def _log_probs(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    logits = model.get_output_embeddings()(hidden).float()
-    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, -1)
-
-
-def _score_row(
-    model: Any, clean: torch.Tensor, spliced: torch.Tensor | None, target: torch.Tensor, chunk: int = 32
-) -> tuple[float, float, float]:
-    """Summed clean and spliced cross-entropy and KL(clean || spliced) of one window's
-    positions, ``chunk`` positions at a time: logits over a 262k vocabulary for a whole
-    batch, or even a whole window, would take too much memory."""
-    clean_ce = spliced_ce = kl = 0.0
-    for start in range(0, len(target), chunk):
-        t = target[start : start + chunk, None]
-        clean_lp = _log_probs(model, clean[start : start + chunk])
-        clean_ce -= float(clean_lp.gather(1, t).sum())
-        if spliced is not None:
-            spliced_lp = _log_probs(model, spliced[start : start + chunk])
-            spliced_ce -= float(spliced_lp.gather(1, t).sum())
-            kl += float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())
-    return clean_ce, spliced_ce, kl
-
-
-@torch.no_grad()
-def window_losses(
-    model: Any,
-    windows: list[list[int]],
-    layer: int,
-    bos: int | None,
-    pad: int,
-    batch_size: int,
-    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict[str, np.ndarray]:
-    """Per window: ``tokens`` predicted and summed next-token cross-entropy of the clean
-    model (``clean_ce``); with ``replace``, also with block ``layer``'s output at non-BOS
-    positions passed through it (``spliced_ce``) and summed KL(clean || spliced) (``kl``)."""
-    from ssae_steps.model import decoder_blocks, padded_batch
-
-    offset = 1 if bos is not None else 0
-    device = next(model.parameters()).device
-    splicing = False
-
-    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
-        if not splicing:
-            return None
-        hidden = output[0] if isinstance(output, tuple) else output
-        patched = hidden.clone()
-        patched[:, offset:] = replace(hidden[:, offset:].float()).to(hidden.dtype)
-        return (patched, *output[1:]) if isinstance(output, tuple) else patched
-
-    def final_hidden(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        return out.last_hidden_state
-
-    out = {key: np.zeros(len(windows)) for key in ("tokens", "clean_ce", "spliced_ce", "kl")}
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))  # little padding
-    handle = decoder_blocks(model)[layer].register_forward_hook(hook) if replace is not None else None
-    try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            ids, mask = padded_batch([windows[i] for i in batch], bos, pad)
-            clean, spliced = final_hidden(ids, mask), None
-            if replace is not None:
-                splicing = True
-                spliced = final_hidden(ids, mask)
-                splicing = False
-            for row, (i, n) in enumerate(zip(batch, mask.sum(1).tolist(), strict=True)):
-                target = ids[row, 1:n].to(device)
-                row_spliced = None if spliced is None else spliced[row, : n - 1]
-                scores = _score_row(model, clean[row, : n - 1], row_spliced, target)
-                out["tokens"][i] = n - 1
-                out["clean_ce"][i], out["spliced_ce"][i], out["kl"][i] = scores
-    finally:
-        if handle is not None:
-            handle.remove()
-    if replace is None:
-        del out["spliced_ce"], out["kl"]
-    return out
-
-
-def spliced_loss(
-    model: Any,
-    windows: list[list[int]],
-    layer: int,
-    bos: int | None,
-    pad: int,
-    batch_size: int,
-    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[float, int]:
-    """Mean next-token cross-entropy (nats) over ``windows`` with block ``layer``'s output
-    passed through ``replace`` (None: the clean model), and the tokens it is over."""
-    losses = window_losses(model, windows, layer, bos, pad, batch_size, replace)
-    count = int(losses["tokens"].sum())
-    return float(losses["spliced_ce" if replace is not None else "clean_ce"].sum()) / max(count, 1), count
-
-
 @dataclass
 class HeldoutSet:
     """One held-out set's rows, which of them are test rows, and its scored test windows."""
@@ -387,18 +298,33 @@ def _loss_model(model_dir: str | Path, device: str) -> tuple[Any, int | None, in
 
 def evaluate_baselines(
     cfg: EvaluationConfig, sets: dict[str, str], model_dir: str | Path, layer: int, device: str, seed: int = 0
-) -> dict[str, Any]:
-    """Clean and zero-ablation loss on each evaluation set's scored test windows."""
+) -> tuple[dict[str, Any], dict[str, CleanScores]]:
+    """Clean and zero-ablation loss on each evaluation set's scored test windows, and the
+    clean model's scores of those windows, which every SAE's evaluation reuses."""
     model, bos, pad = _loss_model(model_dir, device)
-    out = {}
+    out, cache = {}, {}
     for name, manifest_path in sets.items():
         windows = [ids for _, ids in load_heldout(manifest_path, name, cfg, seed).windows]
-        losses = window_losses(model, windows, layer, bos, pad, cfg.batch_size, replace=torch.zeros_like)
+        cache[name] = clean_scores(model, windows, bos, pad, cfg.batch_size)
+        losses = window_losses(model, windows, layer, bos, pad, cfg.batch_size, torch.zeros_like, cache[name])
         n = int(losses["tokens"].sum())
         clean, zero = losses["clean_ce"].sum() / n, losses["spliced_ce"].sum() / n
         out[name] = {"clean_loss": clean, "zero_ablation_loss": zero, "loss_tokens": n, "loss_windows": len(windows)}
         log.info("%s: clean %.4f, zero-ablation %.4f nats/token over %d tokens", name, clean, zero, n)
-    return out
+    return out, cache
+
+
+def _clean_scores_of(path: str | Path | None, name: str, windows: list[list[int]]) -> CleanScores | None:
+    """Set ``name``'s cached clean scores, checked against the windows about to be scored."""
+    if path is None:
+        return None
+    cached = load_clean_scores(path).get(name)
+    if cached is None or cached.fingerprint != windows_fingerprint(windows):
+        raise ConfigError(
+            f"{path}: no clean scores of held-out set {name!r} for these windows; "
+            "rerun the evaluation baselines (evaluate baselines --clean-scores) with the same sets, config and seed"
+        )
+    return cached
 
 
 def _loss_by_doc(stats: dict[str, np.ndarray], windows: list[tuple[str, list[int]]], losses: dict[str, np.ndarray]):
@@ -481,10 +407,12 @@ def evaluate_sae(
     per_doc_out: str | Path,
     seed: int = 0,
     types_table: str | Path | None = None,
+    clean_scores_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """All metrics of one SAE on the test part of every evaluation set (validation FVU and
     L0 beside them), its tail-concept detection on the sets together, and the per-document
-    sums (written to ``per_doc_out``)."""
+    sums (written to ``per_doc_out``). ``clean_scores_path``: the baselines' clean scores
+    (else the clean model runs here too)."""
     sae = load_sae(sae_dir)
     with Path(tail_table).open() as handle:
         concepts = [int(row["token_id"]) for row in csv.DictReader(handle)]
@@ -512,14 +440,16 @@ def evaluate_sae(
             "l0": len(validation.active_latents) / int((~test).sum()),
         }
         stats = doc_stats(held.rows["doc_id"][test], acts[test], recon.subset(test))
+        windows = [ids for _, ids in held.windows]
         losses = window_losses(
             model,
-            [ids for _, ids in held.windows],
+            windows,
             layer,
             bos,
             pad,
             cfg.batch_size,
             replace=lambda h: sae(h.reshape(-1, h.shape[-1]))[0].reshape(h.shape),
+            clean=_clean_scores_of(clean_scores_path, name, windows),
         )
         _loss_by_doc(stats, held.windows, losses)
         n = int(losses["tokens"].sum())
@@ -576,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tail-table")
     parser.add_argument("--types-table", help="token types of the recall-vs-frequency curve (tail_concepts)")
     parser.add_argument("--out", required=True, help="the metrics JSON; per-document sums go beside it")
+    parser.add_argument(
+        "--clean-scores", help="baselines: where to write the clean model's scores; sae: where to read them"
+    )
     add_device_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -584,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvaluationConfig.from_dict(json.loads(args.params))
         sets = _sets(args.sets)
         if args.what == "baselines":
-            out = evaluate_baselines(cfg, sets, args.model_dir, args.hook_layer, device, args.seed)
+            out, cache = evaluate_baselines(cfg, sets, args.model_dir, args.hook_layer, device, args.seed)
+            if args.clean_scores:
+                save_clean_scores(args.clean_scores, cache)
         else:
             out = evaluate_sae(
                 cfg,
@@ -597,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_doc_path(args.out),
                 args.seed,
                 args.types_table,
+                args.clean_scores,
             )
         write_json(args.out, out)
 

@@ -26,13 +26,12 @@ from ssae_steps.evaluate import (
     reconstruction_metrics,
     sample_windows,
     set_metrics,
-    spliced_loss,
-    window_losses,
     windows_from_rows,
     write_per_doc,
 )
 from ssae_steps.model import load_model, padded_batch, residual_stream
 from ssae_steps.sae import SAEConfig, SparseAutoencoder, load_sae
+from ssae_steps.spliced_loss import spliced_loss, window_losses
 from ssae_steps.tail_concepts import TailConfig, concept_detection, tail_recall, tail_tokens, token_types
 from ssae_steps.train_sae import TrainConfig, train_sae
 from tests.conftest import wiki_texts

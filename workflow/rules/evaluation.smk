@@ -2,6 +2,8 @@
 #   eval/tail_tokens.csv          the subdomain's tail concepts
 #   eval/token_types.csv          every subdomain token type with its general-pool frequency
 #   eval/baselines.json           clean and zero-ablation loss per set
+#   eval/clean_scores.safetensors the clean model's scores of the scored windows, which every
+#                                 SAE's evaluation reuses (ssae_steps/spliced_loss.py)
 #   eval/runs/RUN.json            one SAE's metrics on the test part of each set (RUN = its
 #                                 directory under results/sae), RUN.per_doc.parquet its
 #                                 per-document sums for the bootstrap
@@ -76,14 +78,23 @@ rule eval_baselines:
         sets=list(EVAL_SETS.values()),
         model="results/model/model.json",
     output:
-        "results/eval/baselines.json",
+        baselines="results/eval/baselines.json",
+        clean_scores="results/eval/clean_scores.safetensors",
     params:
         cfg=as_json(LOSS_KEYS),
         seed=config["seed"],
         hook_layer=config["model"]["hook_layer"],
         device=DEVICE,
         code=code_version(
-            "evaluate", "sae", "model", "tail_concepts", "activation_reader", "bootstrap", "heldout_split", "_cli"
+            "evaluate",
+            "spliced_loss",
+            "sae",
+            "model",
+            "tail_concepts",
+            "activation_reader",
+            "bootstrap",
+            "heldout_split",
+            "_cli",
         ),
     threads: 2
     resources:
@@ -96,8 +107,8 @@ rule eval_baselines:
         "benchmarks/eval/baselines.tsv"
     shell:
         "{PY:q} -m ssae_steps.evaluate baselines --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
-        "--model-dir results/model/hf --hook-layer {params.hook_layer} --seed {params.seed} --out {output} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "--model-dir results/model/hf --hook-layer {params.hook_layer} --seed {params.seed} --out {output.baselines} "
+        "--clean-scores {output.clean_scores} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_sae:
@@ -107,6 +118,7 @@ rule evaluate_sae:
         types="results/eval/token_types.csv",
         sets=list(EVAL_SETS.values()),
         model="results/model/model.json",
+        clean_scores="results/eval/clean_scores.safetensors",
     output:
         metrics="results/eval/runs/{run}.json",
         per_doc="results/eval/runs/{run}.per_doc.parquet",
@@ -118,7 +130,15 @@ rule evaluate_sae:
         hook_layer=config["model"]["hook_layer"],
         device=DEVICE,
         code=code_version(
-            "evaluate", "sae", "model", "tail_concepts", "activation_reader", "bootstrap", "heldout_split", "_cli"
+            "evaluate",
+            "spliced_loss",
+            "sae",
+            "model",
+            "tail_concepts",
+            "activation_reader",
+            "bootstrap",
+            "heldout_split",
+            "_cli",
         ),
     threads: 2
     resources:
@@ -132,7 +152,7 @@ rule evaluate_sae:
     shell:
         "{PY:q} -m ssae_steps.evaluate sae --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
         "--sae-dir results/sae/{wildcards.run}/sae --tail-table {input.tail} --types-table {input.types} "
-        "--model-dir results/model/hf "
+        "--model-dir results/model/hf --clean-scores {input.clean_scores} "
         "--hook-layer {params.hook_layer} --seed {params.seed} --out {output.metrics} --device {params.device} "
         "--threads {threads} > {log} 2>&1"
 

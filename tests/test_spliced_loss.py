@@ -1,0 +1,111 @@
+"""Spliced next-token loss: the cached-clean-pass KL identity against the model's own
+full-vocabulary distributions, for a linear head and for a soft-capped one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssae_steps._config import ConfigError
+from ssae_steps.evaluate import _clean_scores_of
+from ssae_steps.model import load_model, padded_batch
+from ssae_steps.spliced_loss import (
+    clean_scores,
+    load_clean_scores,
+    save_clean_scores,
+    window_losses,
+    windows_fingerprint,
+)
+from tests.conftest import wiki_texts
+
+LAYER = 2
+
+
+def _windows(tokenizer: object, count: int = 7) -> list[list[int]]:
+    texts = [r["text"] for r in wiki_texts(40)[20 : 20 + count]]
+    # Different lengths, so batches are padded and sorted.
+    return [ids[: 9 + 5 * i] for i, ids in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"])]
+
+
+def _scale_and_shift(h: torch.Tensor) -> torch.Tensor:
+    return 0.7 * h + 0.3 * h.roll(1, dims=-1)
+
+
+@torch.no_grad()
+def _reference(model: object, windows: list[list[int]], bos: int, pad: int, replace) -> dict[str, np.ndarray]:
+    """One window at a time through HF's own forward (its LM head and soft-cap), float64
+    log-softmaxes over the whole vocabulary."""
+    from ssae_steps.model import decoder_blocks
+
+    def hook(_m, _i, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        patched = hidden.clone()
+        patched[:, 1:] = replace(hidden[:, 1:])
+        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+
+    out = {k: [] for k in ("clean_ce", "spliced_ce", "kl")}
+    for w in windows:
+        ids, mask = padded_batch([w], bos, pad)
+        clean = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, :-1].double(), -1)
+        handle = decoder_blocks(model)[LAYER].register_forward_hook(hook)
+        try:
+            spliced = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, :-1].double(), -1)
+        finally:
+            handle.remove()
+        target = ids[0, 1:, None]
+        out["clean_ce"].append(-float(clean.gather(1, target).sum()))
+        out["spliced_ce"].append(-float(spliced.gather(1, target).sum()))
+        out["kl"].append(float((clean.exp() * (clean - spliced)).sum()))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_window_losses_equal_the_full_vocabulary_reference(tiny_model_dir: Path, softcap: float | None) -> None:
+    model, tokenizer = load_model(tiny_model_dir)
+    model.config.get_text_config().final_logit_softcapping = softcap
+    windows = _windows(tokenizer)
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    reference = _reference(model, windows, bos, pad, _scale_and_shift)
+    assert reference["kl"].min() > 1e-4  # the splice does change the distributions
+    clean = clean_scores(model, windows, bos, pad, batch_size=3, chunk=5)
+    # The KL terms are cached only where the identity holds (no soft-cap).
+    assert clean.linear == (softcap is None)
+    for cached in (None, clean):
+        got = window_losses(model, windows, LAYER, bos, pad, 3, _scale_and_shift, clean=cached, chunk=5)
+        assert got["tokens"].tolist() == [len(w) for w in windows]
+        for key in ("clean_ce", "spliced_ce", "kl"):
+            np.testing.assert_allclose(got[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_the_identity_splice_has_zero_kl_through_the_cache(tiny_model_dir: Path) -> None:
+    model, tokenizer = load_model(tiny_model_dir)
+    windows = _windows(tokenizer)
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    clean = clean_scores(model, windows, bos, pad, batch_size=4)
+    got = window_losses(model, windows, LAYER, bos, pad, 4, lambda h: h, clean=clean)
+    np.testing.assert_allclose(got["spliced_ce"], got["clean_ce"], rtol=1e-5)
+    assert np.abs(got["kl"]).max() < 1e-4
+
+
+def test_clean_scores_round_trip_and_refuse_other_windows(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = load_model(tiny_model_dir)
+    windows = _windows(tokenizer, 4)
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    scores = clean_scores(model, windows, bos, pad, batch_size=2)
+    path = tmp_path / "clean_scores.safetensors"
+    save_clean_scores(path, {"general": scores})
+    loaded = load_clean_scores(path)["general"]
+    assert loaded.fingerprint == windows_fingerprint(windows)
+    np.testing.assert_array_equal(loaded.ce, scores.ce)
+    np.testing.assert_array_equal(loaded.mean_unembedding, scores.mean_unembedding)
+    assert _clean_scores_of(path, "general", windows) is not None
+    other = windows[:3] + [windows[3][:-1]]
+    with pytest.raises(ConfigError, match="clean_scores.safetensors.*'general'"):
+        _clean_scores_of(path, "general", other)
+    with pytest.raises(ConfigError, match="'subdomain'"):
+        _clean_scores_of(path, "subdomain", windows)
+    with pytest.raises(ValueError, match="other windows"):
+        window_losses(model, other, LAYER, bos, pad, 2, lambda h: h, clean=loaded)
