@@ -205,17 +205,23 @@ def write_activation_set(
     doc_ids: Sequence[str] | None = None,
     row_group_rows: int | None = None,
     run_key: str | None = None,
+    token_ids: Sequence[int] | np.ndarray | None = None,
 ) -> Path:
     """Write an in-memory array as an activation set (shards + manifest) that
     :class:`ActivationShardReader` and the trainer read: for activations cached elsewhere
     and for tests. ``doc_id`` is ``doc_ids[row]`` (default ``array``); positions are row
     numbers; ``row_group_rows`` is the Parquet row group size (default: pyarrow's). The run
-    key defaults to a hash of the values, so SAE checkpoints never outlive the data."""
-    if doc_ids is not None and len(doc_ids) != len(acts):
-        raise ValueError(f"{len(doc_ids)} doc_ids for {len(acts)} rows")
+    key defaults to a hash of the values, so SAE checkpoints never outlive the data.
+    ``token_id`` is ``token_ids[row]`` (default 0)."""
+    for name, values in (("doc_ids", doc_ids), ("token_ids", token_ids)):
+        if values is not None and len(values) != len(acts):
+            raise ValueError(f"{len(values)} {name} for {len(acts)} rows")
+    tokens = np.zeros(len(acts), np.int32) if token_ids is None else np.asarray(token_ids, np.int32)
     if run_key is None:
         digest = hashlib.sha1(np.ascontiguousarray(acts, dtype=np.float32).tobytes())
         digest.update("\0".join([] if doc_ids is None else list(doc_ids)).encode())
+        if token_ids is not None:
+            digest.update(tokens.tobytes())
         run_key = digest.hexdigest()
     shard_dir = manifest.parent / "shards"
     shard_dir.mkdir(parents=True)
@@ -227,7 +233,7 @@ def write_activation_set(
             {
                 "doc_id": pa.array(ids, pa.string()),
                 "position": pa.array(np.arange(start, start + len(part)), pa.int32()),
-                "token_id": pa.array(np.zeros(len(part)), pa.int32()),
+                "token_id": pa.array(tokens[start : start + len(part)], pa.int32()),
                 "activation": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), acts.shape[1]),
             }
         ).replace_schema_metadata({RUN_KEY: run_key.encode()})

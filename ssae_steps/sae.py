@@ -415,16 +415,25 @@ def _tilt_unit(flat: torch.Tensor, scale: TiltScale) -> torch.Tensor | float:
 
 
 @torch.no_grad()
-def tilt_weight_stats(per_token: torch.Tensor, tilt: float, scale: TiltScale = "batch_mean") -> dict[str, float]:
+def tilt_weight_stats(
+    per_token: torch.Tensor, tilt: float, scale: TiltScale = "batch_mean", tail: torch.Tensor | None = None
+) -> dict[str, float]:
     """How concentrated the tilted weights ``w`` of a batch are (see :func:`tilted_loss`):
     ``tilt_ess`` = effective sample size as a fraction of the batch, ``1 / (n sum_i w_i^2)``
     (1: ERM's uniform weights; 1/n: one token carries everything); ``tilt_top1_share`` =
-    the weight of the top 1% of tokens (at least one; ERM: 0.01)."""
+    the weight of the top 1% of tokens (at least one; ERM: 0.01). With ``tail`` (a boolean
+    mask of the batch's tail-concept tokens): ``tail_fraction``, their share of the tokens
+    (= their weight under ERM), and ``tilt_tail_share``, their share of the weight; NaN
+    without a mask."""
     flat = per_token.detach().reshape(-1).double()
     n = flat.numel()
     w = torch.softmax(tilt * flat / _tilt_unit(flat, scale), 0)
     top = max(1, math.ceil(n / 100))
-    return {"tilt_ess": float(1 / (n * w.square().sum())), "tilt_top1_share": float(w.topk(top).values.sum())}
+    stats = {"tilt_ess": float(1 / (n * w.square().sum())), "tilt_top1_share": float(w.topk(top).values.sum())}
+    if tail is None:
+        return stats | {"tail_fraction": math.nan, "tilt_tail_share": math.nan}
+    tail = tail.reshape(-1).to(w.device)
+    return stats | {"tail_fraction": float(tail.double().mean()), "tilt_tail_share": float(w[tail].sum())}
 
 
 def _folded_weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:

@@ -96,10 +96,15 @@ def _tilt_diagnostics(train_logs: list[str]) -> dict[str, float]:
 
     logs = [pd.read_csv(p) for p in train_logs if Path(p).exists()]
     if not logs or any("tilt_ess" not in frame for frame in logs):
-        return {"tilt_ess": math.nan, "tilt_top1_share": math.nan}
+        return {"tilt_ess": math.nan, "tilt_top1_share": math.nan, "tail_upweight": math.nan}
+    # Tail tokens' share of the tilted weight over their share of the tokens (ERM: 1), from
+    # the logged steps of runs that logged it (tilted runs).
+    tail = [f for f in logs if "tilt_tail_share" in f and f["tail_fraction"].notna().any()]
+    upweight = [f["tilt_tail_share"].mean() / f["tail_fraction"].mean() for f in tail if f["tail_fraction"].mean() > 0]
     return {
         "tilt_ess": float(np.mean([frame["tilt_ess"].mean() for frame in logs])),
         "tilt_top1_share": float(np.mean([frame["tilt_top1_share"].mean() for frame in logs])),
+        "tail_upweight": float(np.mean(upweight)) if upweight else math.nan,
     }
 
 
@@ -226,14 +231,15 @@ def term_study(
         )
     lines += ["", "## Every run (subdomain test text)", ""]
     header = (
-        "| t | k | seeds | FVU | ΔCE (nats) | tail FVU | tail recall | types captured | rare types captured | ESS |"
+        "| t | k | seeds | FVU | ΔCE (nats) | tail FVU | tail recall | types captured | rare types captured | ESS "
+        "| tail weight × |"
     )
-    lines += [header, "|" + " --- |" * 10]
+    lines += [header, "|" + " --- |" * 11]
     for _, r in table[table["set"] == "subdomain"].iterrows():
         lines.append(
             f"| {r['tilt']:g} | {r['k']} | {r['n_seeds']} | {_ci(r, 'fvu')} | {_ci(r, 'delta_ce')} | "
             f"{r['tail_fvu']:.4f} | {r['tail_recall']:.3f} | {_ci(r, 'captured_all')} | "
-            f"{_ci(r, 'captured_rare')} | {r['tilt_ess']:.3f} |"
+            f"{_ci(r, 'captured_rare')} | {r['tilt_ess']:.3f} | {r['tail_upweight']:.2f} |"
         )
     write_text(out_summary, "\n".join(lines) + "\n")
     log.info("wrote %s", out_summary)

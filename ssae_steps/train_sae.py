@@ -85,6 +85,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -121,6 +122,8 @@ LOG_FIELDS = [
     "aux_loss",
     "tilt_ess",
     "tilt_top1_share",
+    "tail_fraction",
+    "tilt_tail_share",
     "lr",
 ]
 
@@ -407,7 +410,11 @@ def evaluation_sae(sae: SparseAutoencoder, optimizer: Any) -> SparseAutoencoder:
 
 
 def _step_losses(
-    sae: SparseAutoencoder, x: torch.Tensor, cfg: TrainConfig, tokens_since_fired: torch.Tensor
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    cfg: TrainConfig,
+    tokens_since_fired: torch.Tensor,
+    tail: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Loss of one batch, its logged statistics and the latents that fired.
 
@@ -474,7 +481,7 @@ def _step_losses(
         "fvu": mse / max(variance, 1e-12),
         "l0": l0,
         "aux_loss": float(aux.detach()),
-        **tilt_weight_stats(per_token, cfg.tilt, cfg.tilt_scale),
+        **tilt_weight_stats(per_token, cfg.tilt, cfg.tilt_scale, tail),
     }
     return loss, stats, fired
 
@@ -482,10 +489,26 @@ def _step_losses(
 CODE = ("train_sae", "sae", "activation_reader", "_cli")
 
 
-def _run_key(cfg: TrainConfig, manifest: dict[str, Any], init_from: str | Path | None, snapshots: int) -> str:
+def _run_key(
+    cfg: TrainConfig,
+    manifest: dict[str, Any],
+    init_from: str | Path | None,
+    snapshots: int,
+    tail_ids: np.ndarray | None = None,
+) -> str:
     init_digest = tree_digest(init_from) if init_from is not None else None
     parts = [to_mapping(cfg), manifest["run_key"], init_digest, code_fingerprint(*CODE), snapshots]
+    if tail_ids is not None:  # logged, so a resumed log must not mix tail sets
+        parts.append(tail_ids.tolist())
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _tail_weight(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The tail tokens' share of the tokens and of the tilted weight, means over the logged
+    steps; their ratio is how much the tilt up-weights tail tokens (ERM: 1)."""
+    fraction = float(np.mean([r["tail_fraction"] for r in rows]))
+    share = float(np.mean([r["tilt_tail_share"] for r in rows]))
+    return {"fraction": fraction, "tilted_share": share, "upweight": share / fraction if fraction else math.nan}
 
 
 def snapshot_steps(total_steps: int, snapshots: int) -> list[int]:
@@ -518,13 +541,16 @@ def train_sae(
     device: str = "cpu",
     on_step: Callable[[int, Callable[[], SparseAutoencoder]], None] | None = None,
     snapshots: int = 0,
+    tail_tokens: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train on the activation set of ``manifest_path``; write ``out_dir/sae`` (SAELens
     layout), ``train_log.csv``, ``summary.json`` and ``snapshots/`` (``snapshots`` weight
     snapshots for TracIn; only its manifest when 0). ``stop_after_steps`` ends the run early
     (as a crash would) after that many steps, leaving only the checkpoint. ``on_step(step,
     current)``, if given, is called after every step; ``current()`` returns the SAE with its
-    evaluation weights (:func:`evaluation_sae`; do not modify it)."""
+    evaluation weights (:func:`evaluation_sae`; do not modify it). ``tail_tokens``: token
+    ids of the tail concepts, whose share of the tilted weights is then logged (it does not
+    change training)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(Path(manifest_path).read_text())
@@ -546,7 +572,11 @@ def train_sae(
             with torch.no_grad():
                 sae.b_dec.copy_(torch.tensor(mean, dtype=torch.float32) * sae.input_scale)
     sae.to(device)
-    reader = ActivationShardReader(manifest_path, cfg.batch_size, seed=cfg.seed, drop_last=True)
+    # The same batches either way: metadata columns are read beside the activations.
+    tail_ids = None if tail_tokens is None else np.asarray(sorted(set(tail_tokens)), dtype=np.int64)
+    reader = ActivationShardReader(
+        manifest_path, cfg.batch_size, seed=cfg.seed, drop_last=True, with_metadata=tail_ids is not None
+    )
     if len(reader) == 0:
         raise ConfigError(
             f"training.batch_size: {cfg.batch_size} is more than the {reader.tokens} tokens of {manifest_path}"
@@ -555,7 +585,8 @@ def train_sae(
     lr = effective_lr(cfg)
     optimizer = _optimizer(cfg, sae, lr)
     tokens_since_fired = torch.zeros(cfg.sae.d_sae, dtype=torch.long, device=device)
-    step, rows, key = 0, [], _run_key(cfg, manifest, init_from if cfg.init == "finetune" else None, snapshots)
+    key = _run_key(cfg, manifest, init_from if cfg.init == "finetune" else None, snapshots, tail_ids)
+    step, rows = 0, []
     checkpoint = out_dir / "checkpoint.pt"
     snapshot_dir = out_dir / "snapshots"
     snapshot_at = snapshot_steps(total_steps, snapshots) if snapshots else []
@@ -575,10 +606,13 @@ def train_sae(
     while step < total_steps:
         reader.epoch = step // len(reader)
         skip = step % len(reader)
-        for i, x in enumerate(reader):
+        for i, batch in enumerate(reader):
             if i < skip:
                 continue
-            loss, stats, fired = _step_losses(sae, x.to(device, non_blocking=True), cfg, tokens_since_fired)
+            x, tail = batch, None
+            if tail_ids is not None:
+                x, tail = batch["activation"], torch.from_numpy(np.isin(batch["token_id"], tail_ids))
+            loss, stats, fired = _step_losses(sae, x.to(device, non_blocking=True), cfg, tokens_since_fired, tail)
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
             optimizer.zero_grad(set_to_none=True)
@@ -649,6 +683,7 @@ def train_sae(
         "optimizer": cfg.optimizer,
         "lr": lr,
         "final": rows[-1] if rows else {},
+        "tail_weight": _tail_weight(rows) if tail_ids is not None else None,
         "seconds": round(seconds, 2),
         "tokens_per_second": round(step * cfg.batch_size / max(seconds, 1e-9), 1),
     }
@@ -699,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", default=None, help="SAE directory to finetune")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--snapshots", type=int, default=0, help="weight snapshots to keep (for TracIn)")
+    parser.add_argument("--tail-tokens", default=None, help="tail_tokens.csv: log the tail concepts' tilted weight")
     add_device_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -709,8 +745,18 @@ def main(argv: list[str] | None = None) -> int:
             import_pretrained(plan.gsae.pretrained, args.manifest, args.out_dir)
             return
         cfg = plan.run_config(args.role, args.init, args.tilt, args.k, args.seed)
+        tail = None
+        if args.tail_tokens:
+            with open(args.tail_tokens) as handle:
+                tail = [int(row["token_id"]) for row in csv.DictReader(handle)]
         summary = train_sae(
-            cfg, args.manifest, args.out_dir, init_from=args.init_from, device=device, snapshots=args.snapshots
+            cfg,
+            args.manifest,
+            args.out_dir,
+            init_from=args.init_from,
+            device=device,
+            snapshots=args.snapshots,
+            tail_tokens=tail,
         )
         log.info("trained %s steps: final %s", summary["steps"], summary["final"])
 

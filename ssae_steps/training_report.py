@@ -48,6 +48,8 @@ def training_report(runs: dict[str, str], out_table: str | Path, out_plot: str |
                 # Means over the logged steps: how concentrated the tilted weights were.
                 "tilt_ess": curve["tilt_ess"].mean() if "tilt_ess" in curve else None,
                 "tilt_top1_share": curve["tilt_top1_share"].mean() if "tilt_top1_share" in curve else None,
+                # Tail-concept tokens' share of the tilted weight over their share of tokens.
+                "tail_upweight": (summary.get("tail_weight") or {}).get("upweight"),
             }
         )
     table = pd.DataFrame(rows)

@@ -103,6 +103,9 @@ def test_tilt_weight_stats_closed_form(scale: str) -> None:
     tilt = 1.0 if scale == "none" else float(losses.mean())  # t * l / mean(l) differs by ln 3 too
     stats = tilt_weight_stats(losses, tilt, scale)
     assert stats["tilt_ess"] == pytest.approx(0.75) and stats["tilt_top1_share"] == pytest.approx(0.5)
+    assert math.isnan(stats["tilt_tail_share"])  # no tail mask, nothing to say
+    tail = tilt_weight_stats(losses, tilt, scale, tail=torch.tensor([True, False, False, True]))
+    assert tail["tail_fraction"] == pytest.approx(0.5) and tail["tilt_tail_share"] == pytest.approx(4 / 6)
     uniform = tilt_weight_stats(torch.rand(1000), 0.0, scale)
     assert uniform["tilt_ess"] == pytest.approx(1.0) and uniform["tilt_top1_share"] == pytest.approx(0.01)
 

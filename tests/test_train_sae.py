@@ -108,26 +108,51 @@ def test_scale_free_tilt_lowers_the_rare_tokens_loss_at_realistic_loss_scales(op
     loss by e^r, and at equal steps lowers the rare tokens' loss several times more."""
     acts, rare = planted(20000, 0.005)
     acts[rare] /= 2  # the rare atom at coefficient 2 instead of 4
-    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    # The rare tokens are the "tail concepts" (token id 1), whose weight share is logged.
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json", token_ids=rare.astype(int))
     x, rare = torch.from_numpy(acts), torch.from_numpy(rare)
     mean_norm_sq = float(x.norm(dim=1).mean()) ** 2  # per-token loss in the trainer's units
     loss = {}
     for name, tilt, scale in (("erm", 0.0, "batch_mean"), ("scale_free", 1.0, "batch_mean"), ("raw", 1.0, "none")):
         run = {"sae": {"d_sae": 24, "k": 3}, "tilt": tilt, "tilt_scale": scale, "optimizer": optimizer}
         run |= {"batch_size": 1000, "epochs": 8, "lr": 3e-3, "dead_after_tokens": 10**9}
-        train_sae(TrainConfig.from_dict(run), manifest, tmp_path / name)
+        train_sae(TrainConfig.from_dict(run), manifest, tmp_path / name, tail_tokens=[1])
         with torch.no_grad():
             per_token = (load_sae(tmp_path / name / "sae")(x)[0] - x).square().sum(-1) / mean_norm_sq
         loss[name] = float(per_token[rare].mean())
         if name == "erm":
             assert 0.05 < float(per_token.median()) < 0.3 and loss["erm"] > 2 * float(per_token.mean()), loss
         log = pd.read_csv(tmp_path / name / "train_log.csv")
+        assert 0.003 < log["tail_fraction"].mean() < 0.007  # 0.5% of each batch's tokens
+        tail_weight = json.loads((tmp_path / name / "summary.json").read_text())["tail_weight"]
         if tilt == 0:
             np.testing.assert_allclose(log["tilt_ess"], 1.0)
+            np.testing.assert_allclose(log["tilt_tail_share"], log["tail_fraction"])  # uniform weights
+            assert tail_weight["upweight"] == pytest.approx(1.0)
         else:
             assert (log["tilt_ess"] < 1.0).all() and (log["tilt_top1_share"] > 0.01).all()
+            # Badly reconstructed, the rare tokens get more than their share of the weight.
+            assert (log["tilt_tail_share"] > log["tail_fraction"]).mean() > 0.8
+            assert tail_weight["upweight"] > 1.2, tail_weight
     assert loss["scale_free"] < 0.9 * loss["erm"], loss  # measured about -20%
     assert loss["erm"] - loss["scale_free"] > 2 * (loss["erm"] - loss["raw"]), loss  # measured about 4x
+
+
+def test_logging_the_tail_weight_does_not_change_training(tmp_path: Path) -> None:
+    acts, rare = planted(4000, 0.01)
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json", token_ids=rare.astype(int))
+    run = {"sae": {"d_sae": 24, "k": 3}, "tilt": 10.0, "batch_size": 500, "epochs": 2, "log_every": 1}
+    train_sae(TrainConfig.from_dict(run), manifest, tmp_path / "plain")
+    train_sae(TrainConfig.from_dict(run), manifest, tmp_path / "logged", tail_tokens=[1])
+    a, b = load_sae(tmp_path / "plain" / "sae"), load_sae(tmp_path / "logged" / "sae")
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(tensor, b.state_dict()[name], rtol=0, atol=0)
+    plain, logged = (pd.read_csv(tmp_path / r / "train_log.csv") for r in ("plain", "logged"))
+    assert plain["tail_fraction"].isna().all() and logged["tail_fraction"].notna().all()
+    pd.testing.assert_frame_equal(
+        plain.drop(columns=["tail_fraction", "tilt_tail_share"]),
+        logged.drop(columns=["tail_fraction", "tilt_tail_share"]),
+    )
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "relu"])
@@ -562,16 +587,18 @@ def test_signum_saves_the_schedule_free_average(tmp_path: Path) -> None:
 def test_training_report_shows_the_tilt_diagnostics(tmp_path: Path) -> None:
     from ssae_steps.training_report import training_report
 
-    acts, _ = planted(2000, 0.01)
-    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
+    acts, rare = planted(2000, 0.01)
+    manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json", token_ids=rare.astype(int))
     runs = {}
     for tilt in (0.0, 5.0):
         run = {"sae": {"d_sae": 16, "k": 3}, "tilt": tilt, "batch_size": 200, "log_every": 1}
-        train_sae(TrainConfig.from_dict(run), manifest, tmp_path / f"t{tilt:g}")
+        # As in the workflow, only tilted runs log the tail tokens' weight.
+        train_sae(TrainConfig.from_dict(run), manifest, tmp_path / f"t{tilt:g}", tail_tokens=[1] if tilt else None)
         runs[f"ssae/planted/finetune-t{tilt:g}-k3"] = str(tmp_path / f"t{tilt:g}")
     training_report(runs, tmp_path / "summary.csv", tmp_path / "curves.png")
     table = pd.read_csv(tmp_path / "summary.csv").set_index("tilt")
     assert table.loc[0.0, "tilt_ess"] == pytest.approx(1.0) and table.loc[0.0, "tilt_top1_share"] == pytest.approx(0.01)
     assert table.loc[5.0, "tilt_ess"] < 0.9 and table.loc[5.0, "tilt_top1_share"] > 0.02
+    assert math.isnan(table.loc[0.0, "tail_upweight"]) and table.loc[5.0, "tail_upweight"] > 1.2
     assert (table["tilt_scale"] == "batch_mean").all()
     assert (tmp_path / "curves.png").stat().st_size > 10_000

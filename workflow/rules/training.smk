@@ -108,6 +108,9 @@ def ssae_inputs(wildcards):
     if wildcards.init == "finetune":
         tag = gsae_tag(seed_of(wildcards.seedtag))
         inputs["gsae"] = f"results/sae/general/k{wildcards.k}{tag}/summary.json"
+    if float(wildcards.tilt) > 0:
+        # Only logged: the tail concepts' share of the tilted weights (the TERM study's diagnostic).
+        inputs["tail"] = "results/eval/tail_tokens.csv"
     return inputs
 
 
@@ -131,6 +134,7 @@ rule train_ssae:
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
         init_from=lambda wc, input: f"--init-from {Path(input.gsae).parent / 'sae'}" if "gsae" in input.keys() else "",
+        tail=lambda wc, input: f"--tail-tokens {input.tail}" if "tail" in input.keys() else "",
         code=code_version(*TRAIN_CODE),
     threads: 2
     resources:
@@ -144,7 +148,7 @@ rule train_ssae:
     shell:
         "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role ssae --init {wildcards.init} "
         "--tilt {wildcards.tilt} --k {wildcards.k} --seed {params.seed} --manifest {input.activations} "
-        "{params.init_from} --out-dir {params.out_dir} --device {params.device} --threads {threads} > {log} 2>&1"
+        "{params.init_from} {params.tail} --out-dir {params.out_dir} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule training_report:
