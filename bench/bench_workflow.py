@@ -26,10 +26,9 @@ the stage cannot avoid, timed in the same run on the same inputs, just before it
   then the rule exactly. Units: scored tokens (both sets). Bare: one full forward pass with
   the 262k-token unembedding and cross-entropy over the same scored windows in the same
   batches, plus the SAE's TopK encode of every held-out row of both sets (which the stage
-  reconstructs). The stage runs the model twice per scored token (clean and spliced), so
-  while it rescores the clean model its ratio stays near or below 0.5 wherever the forward
-  passes dominate; with the baselines' clean scores (``--clean-scores``, passed only where ``evaluate_sae`` accepts
-  ``clean_scores_path``) it can approach 1. Its per-row work (reconstructing every held-out
+  reconstructs). As in the workflow, the stage reuses the clean model's scores of its
+  windows, which the once-per-run ``eval_baselines`` job writes; the bench computes them
+  for its windows first and prints that time on its own row. Its per-row work (reconstructing every held-out
   row, tail and token-type detection) does not shrink with fewer scored tokens, so the
   ratio at 512 is lower than at 4096.
 - ``embed_corpus``: ``--docs`` (300) general-pool documents (a seeded sample) in a temp
@@ -56,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import itertools
 import json
 import os
@@ -80,13 +78,11 @@ from ssae_steps._config import resolve_device, schema_errors  # noqa: E402
 from ssae_steps.activation_reader import ActivationShardReader, load_activation_set  # noqa: E402
 from ssae_steps.activations import ActivationConfig, cache_activations, select_documents  # noqa: E402
 from ssae_steps.embed import EmbedderConfig, embed_corpus, load_embedder  # noqa: E402
-from ssae_steps.evaluate import EvaluationConfig, evaluate_sae, load_heldout  # noqa: E402
+from ssae_steps.evaluate import EvaluationConfig, evaluate_baselines, evaluate_sae, load_heldout  # noqa: E402
 from ssae_steps.model import load_model, padded_batch  # noqa: E402
 from ssae_steps.sae import SparseAutoencoder, load_sae  # noqa: E402
+from ssae_steps.spliced_loss import save_clean_scores  # noqa: E402
 from ssae_steps.train_sae import TrainingPlan, effective_lr, input_scale_from, train_sae  # noqa: E402
-
-# evaluate_sae's optional cached clean scores (once the baselines write them).
-EVAL_TAKES_CLEAN_SCORES = "clean_scores_path" in inspect.signature(evaluate_sae).parameters
 
 
 @dataclass
@@ -326,7 +322,9 @@ def bare_encode(sae: SparseAutoencoder, acts: np.ndarray, chunk: int = 4096) -> 
         sae.topk(torch.from_numpy(acts[start : start + chunk]).to(sae.W_dec.device))
 
 
-def bench_eval(run: Run, tmp: Path, gsae: Path, cfg: EvaluationConfig, clean_scores: Path | None) -> list[Row]:
+def bench_eval(run: Run, tmp: Path, gsae: Path, cfg: EvaluationConfig) -> list[Row]:
+    """The evaluate_sae stage as its rule runs it, after the clean scores of its windows
+    (what eval_baselines writes once per run; timed as its own row)."""
     sets = run.heldout_sets()
     seed = run.config["seed"]
     windows = [ids for name, path in sets.items() for _, ids in load_heldout(path, name, cfg, seed).windows]
@@ -334,8 +332,14 @@ def bench_eval(run: Run, tmp: Path, gsae: Path, cfg: EvaluationConfig, clean_sco
     forward_s, scored = time_full_forward(run, windows, cfg.batch_size)
     sae = load_sae(gsae).to(run.device)
     encode_s = timed(run.device, lambda: bare_encode(sae, acts))[0]
-    extra = {"clean_scores_path": clean_scores} if clean_scores is not None else {}
     (tmp / "eval").mkdir()
+    clean_path = tmp / "eval" / "clean_scores.safetensors"
+
+    def baselines() -> None:
+        cache = evaluate_baselines(cfg, sets, run.model_dir, run.layer, run.device, seed)[1]
+        save_clean_scores(clean_path, cache)
+
+    baselines_s = timed(run.device, baselines)[0]
     seconds, result = timed(
         run.device,
         lambda: evaluate_sae(
@@ -349,7 +353,7 @@ def bench_eval(run: Run, tmp: Path, gsae: Path, cfg: EvaluationConfig, clean_sco
             tmp / "eval" / "run.per_doc.parquet",
             seed,
             run.path("eval/token_types.csv"),
-            **extra,
+            clean_path,
         ),
     )
     stage_tokens = sum(s["loss_tokens"] for s in result["sets"].values())
@@ -360,6 +364,7 @@ def bench_eval(run: Run, tmp: Path, gsae: Path, cfg: EvaluationConfig, clean_sco
         Row("evaluate_sae (GSAE)", seconds, stage_tokens, "scored tokens", bare, forward_s + encode_s, scored),
         Row("  bare: full forward + unembedding", forward_s, scored, "scored tokens", "", forward_s, scored),
         Row("  bare: SAE TopK encode", encode_s, len(acts), "held-out rows", "", encode_s, len(acts)),
+        Row("  eval_baselines (once per run)", baselines_s, scored, "scored tokens", "", baselines_s, scored),
     ]
 
 
@@ -414,7 +419,6 @@ def main() -> int:
         "--loss-tokens", type=int, default=512, help="evaluation.loss_tokens (per set); 0: the config's (the rule)"
     )
     parser.add_argument("--docs", type=int, default=300, help="documents embedded by embed_corpus")
-    parser.add_argument("--clean-scores", type=Path, default=None, help="the baselines' clean scores, if written")
     parser.add_argument(
         "--stages", default="cache,train,eval,embed", help="comma-separated subset of cache, train, eval, embed"
     )
@@ -424,8 +428,6 @@ def main() -> int:
     stages = args.stages.split(",")
     if not set(stages) <= {"cache", "train", "eval", "embed"}:
         parser.error(f"--stages: unknown {sorted(set(stages) - {'cache', 'train', 'eval', 'embed'})}")
-    if args.clean_scores is not None and not EVAL_TAKES_CLEAN_SCORES:
-        parser.error("--clean-scores: this evaluate_sae takes no clean scores (clean_scores_path)")
 
     torch.set_num_threads(args.threads)
     run = resolve_run(args.results, load_config(args.config))
@@ -449,7 +451,7 @@ def main() -> int:
             elif stage == "train":
                 rows.append(bench_train(run, tmp, args.train_steps))
             elif stage == "eval":
-                rows += bench_eval(run, tmp, gsae, eval_cfg, args.clean_scores)
+                rows += bench_eval(run, tmp, gsae, eval_cfg)
             else:
                 rows.append(bench_embed(run, tmp, args.docs))
     print_table(rows)
