@@ -97,8 +97,8 @@ def _tilt_diagnostics(train_logs: list[str]) -> dict[str, float]:
     logs = [pd.read_csv(p) for p in train_logs if Path(p).exists()]
     if not logs or any("tilt_ess" not in frame for frame in logs):
         return {"tilt_ess": math.nan, "tilt_top1_share": math.nan, "tail_upweight": math.nan}
-    # Tail tokens' share of the tilted weight over their share of the tokens (ERM: 1), from
-    # the logged steps of runs that logged it (tilted runs).
+    # Rare types' tokens' share of the tilted weight over their share of the tokens (ERM: 1),
+    # from the logged steps of runs that logged it (tilted runs).
     tail = [f for f in logs if "tilt_tail_share" in f and f["tail_fraction"].notna().any()]
     upweight = [f["tilt_tail_share"].mean() / f["tail_fraction"].mean() for f in tail if f["tail_fraction"].mean() > 0]
     return {
@@ -232,7 +232,7 @@ def term_study(
     lines += ["", "## Every run (subdomain test text)", ""]
     header = (
         "| t | k | seeds | FVU | ΔCE (nats) | tail FVU | tail recall | types captured | rare types captured | ESS "
-        "| tail weight × |"
+        "| rare weight × |"
     )
     lines += [header, "|" + " --- |" * 11]
     for _, r in table[table["set"] == "subdomain"].iterrows():

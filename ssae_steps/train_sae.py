@@ -734,7 +734,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", default=None, help="SAE directory to finetune")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--snapshots", type=int, default=0, help="weight snapshots to keep (for TracIn)")
-    parser.add_argument("--tail-tokens", default=None, help="tail_tokens.csv: log the tail concepts' tilted weight")
+    parser.add_argument(
+        "--tail-tokens", default=None, help="CSV with a token_id column (token_types.csv): log their tilted weight"
+    )
+    parser.add_argument(
+        "--tail-max-frequency", type=float, default=None, help="keep only rows with general_frequency at most this"
+    )
     add_device_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -748,7 +753,11 @@ def main(argv: list[str] | None = None) -> int:
         tail = None
         if args.tail_tokens:
             with open(args.tail_tokens) as handle:
-                tail = [int(row["token_id"]) for row in csv.DictReader(handle)]
+                tail = [
+                    int(row["token_id"])
+                    for row in csv.DictReader(handle)
+                    if args.tail_max_frequency is None or float(row["general_frequency"]) <= args.tail_max_frequency
+                ]
         summary = train_sae(
             cfg,
             args.manifest,

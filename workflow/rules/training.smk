@@ -109,8 +109,9 @@ def ssae_inputs(wildcards):
         tag = gsae_tag(seed_of(wildcards.seedtag))
         inputs["gsae"] = f"results/sae/general/k{wildcards.k}{tag}/summary.json"
     if float(wildcards.tilt) > 0:
-        # Only logged: the tail concepts' share of the tilted weights (the TERM study's diagnostic).
-        inputs["tail"] = "results/eval/tail_tokens.csv"
+        # Only logged: the rare subdomain token types' share of the tilted weights (the TERM
+        # study's diagnostic; rare as in its "rare types captured").
+        inputs["tail"] = "results/eval/token_types.csv"
     return inputs
 
 
@@ -134,7 +135,11 @@ rule train_ssae:
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
         init_from=lambda wc, input: f"--init-from {Path(input.gsae).parent / 'sae'}" if "gsae" in input.keys() else "",
-        tail=lambda wc, input: f"--tail-tokens {input.tail}" if "tail" in input.keys() else "",
+        tail=lambda wc, input: (
+            f"--tail-tokens {input.tail} --tail-max-frequency {config['evaluation']['tail']['max_general_frequency']}"
+            if "tail" in input.keys()
+            else ""
+        ),
         code=code_version(*TRAIN_CODE),
     threads: 2
     resources:
