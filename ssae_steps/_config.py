@@ -112,6 +112,52 @@ def to_mapping(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+_SCALAR_TYPES = {"boolean": bool, "integer": int, "number": (int, float)}
+
+
+def coerce_override_scalars(config: Any, schema: Mapping[str, Any]) -> Any:
+    """Turn strings into the booleans and numbers the schema asks for, in place.
+
+    Snakemake's ``--config key={...}`` parses nested values as strings (``"false"``,
+    ``"16"``); without this a documented one-line override such as ``--config
+    'term_study={"enabled": false}'`` fails validation. Only a string whose YAML reading has
+    a type the schema allows (and where the schema does not allow strings) is replaced."""
+    if isinstance(config, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in config.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                config[key] = coerce_override_scalars(value, sub)
+    elif isinstance(config, list) and isinstance(schema.get("items"), dict):
+        for i, value in enumerate(config):
+            config[i] = coerce_override_scalars(value, schema["items"])
+    elif isinstance(config, str):
+        allowed = schema.get("type", [])
+        allowed = [allowed] if isinstance(allowed, str) else allowed
+        wanted = [_SCALAR_TYPES[t] for t in allowed if t in _SCALAR_TYPES]
+        if wanted and "string" not in allowed:
+            import yaml
+
+            try:
+                parsed = yaml.safe_load(config)
+            except yaml.YAMLError:
+                return config
+            # bool is an int in Python: only a schema that allows booleans takes one.
+            if isinstance(parsed, bool) and "boolean" not in allowed:
+                return config
+            if isinstance(parsed, str):  # YAML reads "1e3" as a string; Python does not
+                for kind, cast in (("integer", int), ("number", float)):
+                    if kind in allowed:
+                        try:
+                            return cast(config)
+                        except ValueError:
+                            pass
+            elif any(isinstance(parsed, t) for t in wanted):
+                return parsed
+    return config
+
+
 def schema_errors(config: Mapping[str, Any], schema_path: str | Any) -> list[str]:
     """One line per JSON-Schema violation, each starting with the dotted config key."""
     from pathlib import Path

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssae_steps._config import ConfigError, schema_errors
+from ssae_steps._config import ConfigError, coerce_override_scalars, schema_errors
 from ssae_steps.bios import BiosConfig
 from ssae_steps.corpus import CorpusConfig
 from ssae_steps.debias import DebiasConfig
@@ -190,3 +190,18 @@ def test_dataclass_errors_name_the_key() -> None:
         CorpusConfig.from_dict({"sources": []}, "corpora.x")
     with pytest.raises(ConfigError, match=r"corpora.x.sources\[0\].kind: 'pdf' is not one of"):
         CorpusConfig.from_dict({"sources": [{"kind": "pdf"}]}, "corpora.x")
+
+
+def test_override_strings_become_the_schema_types() -> None:
+    """Snakemake's nested ``--config`` overrides arrive as strings; the schema's booleans and
+    numbers are restored, strings stay strings, and a value that is neither is left for the
+    schema check to name."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["term_study"] = {"enabled": "false", "tilts": ["0", "1e3", "2.5"], "seeds": "3"}
+    config["training"]["gsae"]["snapshots"] = "2"
+    config["model"]["name"] = "123"
+    config["lineage"]["enabled"] = "maybe"
+    coerce_override_scalars(config, SCHEMA)
+    assert config["term_study"] == {"enabled": False, "tilts": [0, 1000.0, 2.5], "seeds": 3}
+    assert config["training"]["gsae"]["snapshots"] == 2 and config["model"]["name"] == "123"
+    assert schema_errors(config, SCHEMA_PATH) == ["lineage.enabled: 'maybe' is not of type 'boolean'"]

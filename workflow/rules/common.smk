@@ -5,12 +5,13 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.logging import logger
 from snakemake.resources import Resource
 from snakemake.utils import available_cpu_count, validate
 
 sys.path.insert(0, workflow.basedir)
-from ssae_steps._config import ConfigError, schema_errors  # noqa: E402
+from ssae_steps._config import ConfigError, coerce_override_scalars, schema_errors  # noqa: E402
 from ssae_steps._io import code_fingerprint, tree_digest  # noqa: E402
 from ssae_steps.activations import ActivationConfig  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
@@ -29,6 +30,7 @@ from ssae_steps.train_sae import TrainingPlan  # noqa: E402
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # Our own pass first: one short line per problem, naming the key, before Snakemake's
 # verbose report; validate() then fills in the schema defaults.
+coerce_override_scalars(config, yaml.safe_load(SCHEMA.read_text()))
 _problems = schema_errors(config, SCHEMA)
 if _problems:
     raise WorkflowError("invalid config:\n  " + "\n  ".join(_problems))
