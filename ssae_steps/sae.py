@@ -422,7 +422,7 @@ def tilt_weight_stats(
     ``tilt_ess`` = effective sample size as a fraction of the batch, ``1 / (n sum_i w_i^2)``
     (1: ERM's uniform weights; 1/n: one token carries everything); ``tilt_top1_share`` =
     the weight of the top 1% of tokens (at least one; ERM: 0.01). With ``tail`` (a boolean
-    mask of the batch's tail-concept tokens): ``tail_fraction``, their share of the tokens
+    mask of the batch's tail tokens, e.g. rare subdomain token types): ``tail_fraction``, their share of the tokens
     (= their weight under ERM), and ``tilt_tail_share``, their share of the weight; NaN
     without a mask."""
     flat = per_token.detach().reshape(-1).double()

@@ -549,8 +549,8 @@ def train_sae(
     (as a crash would) after that many steps, leaving only the checkpoint. ``on_step(step,
     current)``, if given, is called after every step; ``current()`` returns the SAE with its
     evaluation weights (:func:`evaluation_sae`; do not modify it). ``tail_tokens``: token
-    ids of the tail concepts, whose share of the tilted weights is then logged (it does not
-    change training)."""
+    ids of a tail (the workflow passes the rare subdomain token types), whose share of the
+    tilted weights is then logged (it does not change training)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(Path(manifest_path).read_text())
