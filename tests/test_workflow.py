@@ -50,11 +50,15 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["cache_corpus_activations"] == 3  # pool train + pool held-out + subdomain held-out
     assert counts["cache_selected_activations"] == 4
     # k=32 (no k_sweep by default), three training seeds: seeds 1 and 2 repeat the GSAE,
-    # the dense SSAE and the control (training.seed_strategies).
-    assert counts["train_gsae"] == 3
-    assert counts["train_ssae"] == 4 + 2 * 2  # per strategy: finetuned, t=0 (the paper's recipe)
+    # the dense SSAE and the control (training.seed_strategies). The TERM study (on by
+    # default) adds tilts 1, 10, 100, 500 at k=32 for seeds 0 and 1 (t=0 is the main run),
+    # and t=0..500 at k=16 from a k=16 GSAE (not itself evaluated).
+    term_ssaes = 4 * 2 + 5
+    assert counts["train_gsae"] == 3 + 1
+    assert counts["train_ssae"] == 4 + 2 * 2 + term_ssaes  # per strategy: finetuned, t=0 (the paper's recipe)
     assert counts["training_report"] == 1
-    assert counts["evaluate_sae"] == 3 + 4 + 2 * 2  # every SAE
+    assert counts["evaluate_sae"] == 3 + 4 + 2 * 2 + term_ssaes  # every SAE but the k=16 GSAE
+    assert counts["term_study"] == 1
     for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents", "lineage"):
         assert counts[rule] == 1, rule
     for rule in ("build_bios", "cache_bios_activations", "debias"):
