@@ -224,7 +224,8 @@ def window_losses(
             h_spliced, target = _predicting(_final_hidden(model, ids, mask), ids, mask)
         finally:
             handle.remove()
-        h_clean = None if clean.linear else _predicting(_final_hidden(model, ids, mask), ids, mask)[0]
+        use_cache = clean.linear and w is not None
+        h_clean = None if use_cache else _predicting(_final_hidden(model, ids, mask), ids, mask)[0]
         where = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in batch])
         for start in range(0, len(target), chunk):
             rows = where[start : start + chunk]
@@ -232,7 +233,7 @@ def window_losses(
             logits = _logits(model, s)
             lse = torch.logsumexp(logits, -1)
             spliced_ce[rows] = (lse - logits.gather(1, t[:, None])[:, 0]).double().cpu().numpy()
-            if clean.linear and w is not None:
+            if use_cache:
                 mean_w = torch.from_numpy(clean.mean_unembedding[rows]).to(s.device).double()
                 cross = (s.double() * mean_w).sum(-1) - lse.double()
                 kl[rows] = clean.neg_entropy[rows] - cross.cpu().numpy()
