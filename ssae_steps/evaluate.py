@@ -314,11 +314,14 @@ def evaluate_baselines(
     return out, cache
 
 
-def _clean_scores_of(path: str | Path | None, name: str, windows: list[list[int]]) -> CleanScores | None:
-    """Set ``name``'s cached clean scores, checked against the windows about to be scored."""
-    if path is None:
+def _clean_scores_of(
+    cache: dict[str, CleanScores] | None, path: str | Path | None, name: str, windows: list[list[int]]
+) -> CleanScores | None:
+    """Set ``name``'s clean scores from ``cache`` (loaded from ``path``), checked against the
+    windows about to be scored; None without a cache."""
+    if cache is None:
         return None
-    cached = load_clean_scores(path).get(name)
+    cached = cache.get(name)
     if cached is None or cached.fingerprint != windows_fingerprint(windows):
         raise ConfigError(
             f"{path}: no clean scores of held-out set {name!r} for these windows; "
@@ -417,6 +420,7 @@ def evaluate_sae(
     with Path(tail_table).open() as handle:
         concepts = [int(row["token_id"]) for row in csv.DictReader(handle)]
     model, bos, pad = _loss_model(model_dir, device)
+    clean_cache = load_clean_scores(clean_scores_path) if clean_scores_path is not None else None
     sae.to(device)
     result: dict[str, Any] = {"sae": str(sae_dir), "sets": {}}
     tail_parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]] = {"validation": [], "test": []}
@@ -449,7 +453,7 @@ def evaluate_sae(
             pad,
             cfg.batch_size,
             replace=lambda h: sae(h.reshape(-1, h.shape[-1]))[0].reshape(h.shape),
-            clean=_clean_scores_of(clean_scores_path, name, windows),
+            clean=_clean_scores_of(clean_cache, clean_scores_path, name, windows),
         )
         _loss_by_doc(stats, held.windows, losses)
         n = int(losses["tokens"].sum())

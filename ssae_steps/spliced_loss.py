@@ -143,6 +143,12 @@ def _offsets(windows: list[list[int]], bos: int | None) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(predicted)]).astype(np.int64)
 
 
+def _rows_of(offsets: np.ndarray, batch: list[int]) -> np.ndarray:
+    """Where a batch's predicting positions (as :func:`_predicting` orders them) go in the
+    flat per-position arrays."""
+    return np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in batch])
+
+
 def _clean_chunk(model: Any, w: torch.Tensor | None, h: torch.Tensor, target: torch.Tensor) -> tuple:
     logits = _logits(model, h)
     lse = torch.logsumexp(logits, -1)
@@ -169,7 +175,7 @@ def clean_scores(
     )
     for batch, ids, mask in _batches(windows, bos, pad, batch_size):
         h, target = _predicting(_final_hidden(model, ids, mask), ids, mask)
-        where = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in batch])
+        where = _rows_of(offsets, batch)
         for start in range(0, len(target), chunk):
             rows = where[start : start + chunk]
             c, e, m = _clean_chunk(model, w, h[start : start + chunk], target[start : start + chunk])
@@ -226,7 +232,7 @@ def window_losses(
             handle.remove()
         use_cache = clean.linear and w is not None
         h_clean = None if use_cache else _predicting(_final_hidden(model, ids, mask), ids, mask)[0]
-        where = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in batch])
+        where = _rows_of(offsets, batch)
         for start in range(0, len(target), chunk):
             rows = where[start : start + chunk]
             s, t = h_spliced[start : start + chunk], target[start : start + chunk]

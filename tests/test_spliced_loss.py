@@ -101,11 +101,12 @@ def test_clean_scores_round_trip_and_refuse_other_windows(tiny_model_dir: Path, 
     assert loaded.fingerprint == windows_fingerprint(windows)
     np.testing.assert_array_equal(loaded.ce, scores.ce)
     np.testing.assert_array_equal(loaded.mean_unembedding, scores.mean_unembedding)
-    assert _clean_scores_of(path, "general", windows) is not None
+    cache = load_clean_scores(path)
+    assert _clean_scores_of(cache, path, "general", windows) is not None
     other = windows[:3] + [windows[3][:-1]]
     with pytest.raises(ConfigError, match="clean_scores.safetensors.*'general'"):
-        _clean_scores_of(path, "general", other)
+        _clean_scores_of(cache, path, "general", other)
     with pytest.raises(ConfigError, match="'subdomain'"):
-        _clean_scores_of(path, "subdomain", windows)
+        _clean_scores_of(cache, path, "subdomain", windows)
     with pytest.raises(ValueError, match="other windows"):
         window_losses(model, other, LAYER, bos, pad, 2, lambda h: h, clean=loaded)
