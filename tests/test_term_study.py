@@ -31,7 +31,10 @@ def _run(tmp_path: Path, name: str, scale: float, noise: int, captured: list[boo
     Path(path).write_text(json.dumps(result))
     log = tmp_path / "logs" / f"{name.replace('/', '_')}.csv"
     log.parent.mkdir(exist_ok=True)
-    pd.DataFrame({"step": [1, 2], "tilt_ess": [ess, ess], "tilt_top1_share": [0.01, 0.01]}).to_csv(log, index=False)
+    # Tilted runs log the rare types' weight: 1% of the tokens, 3% of the tilted weight.
+    tail = {"tail_fraction": [0.01, 0.01], "tilt_tail_share": [0.03, 0.03]} if ess < 1 else {}
+    frame = {"step": [1, 2], "tilt_ess": [ess, ess], "tilt_top1_share": [0.01, 0.01], **tail}
+    pd.DataFrame(frame).to_csv(log, index=False)
     return path, str(log)
 
 
@@ -65,6 +68,7 @@ def test_tilted_runs_against_erm_at_the_same_k(tmp_path: Path) -> None:
     assert sub.loc[(10.0, 8), "captured_all"] == pytest.approx((5 / 6 + 5 / 6) / 2)
     assert sub.loc[(10.0, 8), "n_types_rare"] == 3
     assert sub.loc[(10.0, 8), "tilt_ess"] == pytest.approx(0.45) and sub.loc[(0.0, 4), "tilt_ess"] == 1.0
+    assert sub.loc[(10.0, 8), "tail_upweight"] == pytest.approx(3.0) and np.isnan(sub.loc[(0.0, 8), "tail_upweight"])
 
     compared = pd.read_csv(out / "term_comparisons.csv")
     fvu = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].set_index("run")
