@@ -16,7 +16,10 @@ Held-out FVU, one formula for all, on the same first 20,000 tokens of the held-o
 ``FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2`` (raw activations; one mean
 over those tokens). It is measured after 25%, 50% and 100% of the steps, on the weights a
 user would get at that point (the schedule-free average for signum), with the clock
-stopped. tokens/s = training tokens / training seconds (evaluation excluded).
+stopped. tokens/s = training tokens / training seconds (evaluation excluded). With it, the
+share of latents that fire on none of those tokens ("dead"): sparsify's default trains
+without AuxK, ours and SAELens' with it, and a lower FVU bought with many dead latents is
+not the better dictionary.
 
 Trainers (each in its own subprocess, so peak RSS - the child's VmHWM - is its own):
 - ours (default recipe): the real ``train_sae`` stage end to end (reads the shards, tracks
@@ -65,6 +68,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,11 +102,30 @@ def load_all(manifest: Path, limit: int | None) -> torch.Tensor:
     return rows[:limit] if limit else rows
 
 
-def fvu(reconstruct: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
-    """sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over all of ``x`` (raw activations)."""
+Reconstruct = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Raw activations -> (their reconstruction, which of the D_SAE latents fired on any of them)."""
+
+
+def fvu(reconstruct: Reconstruct, x: torch.Tensor) -> tuple[float, float]:
+    """``(FVU, dead share)`` on ``x``: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over all of
+    ``x`` (raw activations), and the share of latents that fire on none of its tokens."""
+    err, fired = 0.0, torch.zeros(D_SAE, dtype=torch.bool)
     with torch.no_grad():
-        err = sum(float((reconstruct(part) - part).square().sum()) for part in x.split(4096))
-    return err / float((x - x.mean(0)).square().sum())
+        for part in x.split(4096):
+            x_hat, part_fired = reconstruct(part)
+            err += float((x_hat - part).square().sum())
+            fired |= part_fired
+    return err / float((x - x.mean(0)).square().sum()), 1 - float(fired.float().mean())
+
+
+def dense_reconstruct(encode: Callable, decode: Callable, scale: float) -> Reconstruct:
+    """A :data:`Reconstruct` from an SAE's dense ``encode`` and ``decode`` on scaled inputs."""
+
+    def reconstruct(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = encode(x * scale)
+        return decode(z) / scale, (z > 0).any(0)
+
+    return reconstruct
 
 
 def checkpoint_steps(steps: int) -> dict[int, float]:
@@ -130,7 +153,7 @@ def _run_ours(spec: dict, steps: int, marks: dict[int, float], evaluate: Callabl
     def on_step(step: int, current: Callable) -> None:
         if step in marks:
             sae = current()
-            evaluate(step, lambda x: sae(x)[0])
+            evaluate(step, dense_reconstruct(sae.encode, sae.decode, 1.0))  # ours scales inside
 
     summary = train_sae(cfg, spec["train"], Path(spec["out"]) / "ours", on_step=on_step)
     return {"lr": summary["lr"], "optimizer": summary["optimizer"]}
@@ -159,7 +182,14 @@ def _run_sparsify(spec: dict, steps: int, marks: dict[int, float], evaluate: Cal
         opt.zero_grad()
         if step in marks:
             averaged = evaluation_sae(sae, opt)  # what opt.eval() gives, on a copy
-            evaluate(step, lambda x, m=averaged: m(x * scale).sae_out / scale)
+
+            def reconstruct(x: torch.Tensor, m: Any = averaged) -> tuple[torch.Tensor, torch.Tensor]:
+                out = m(x * scale)
+                fired = torch.zeros(D_SAE, dtype=torch.bool)
+                fired[out.latent_indices[out.latent_acts > 0]] = True
+                return out.sae_out / scale, fired
+
+            evaluate(step, reconstruct)
     return {"lr": SPARSIFY_LR, "optimizer": "schedule-free SignSGD"}
 
 
@@ -174,8 +204,7 @@ def _run_saelens(spec: dict, steps: int, marks: dict[int, float], evaluate: Call
     first = next(batches)
     sae.b_dec.data = first.mean(0)
 
-    def reconstruct(x: torch.Tensor) -> torch.Tensor:
-        return sae.decode(sae.encode(x * scale)) / scale
+    reconstruct = dense_reconstruct(sae.encode, sae.decode, scale)
 
     def provider() -> Iterator[torch.Tensor]:
         # The trainer asks for batch `done` after `done` steps.
@@ -212,13 +241,13 @@ def child(spec: dict) -> None:
     held = load_all(heldout, spec["heldout_tokens"])
     steps = spec["tokens"] // BATCH
     marks = checkpoint_steps(steps) if spec.get("curve", True) else {steps: 1.0}
-    curve: list[tuple[int, float]] = []
+    curve: list[tuple[int, float, float]] = []  # (tokens, held-out FVU, held-out dead share)
     paused = 0.0
 
     def evaluate(step: int, reconstruct: Callable) -> None:
         nonlocal paused
         began = time.perf_counter()
-        curve.append((step * BATCH, fvu(reconstruct, held)))
+        curve.append((step * BATCH, *fvu(reconstruct, held)))
         paused += time.perf_counter() - began
 
     started = time.perf_counter()
@@ -258,10 +287,10 @@ def topk_step_flops_per_token(d_in: int) -> int:
     """FLOPs per token of one TopK training step, counting multiply-adds as 2:
     encoder forward (dense) 2*d_in*d_sae; decoder forward (k gathered rows) 2*k*d_in;
     decoder backward 2*k*d_in (rows) + 2*k*d_in (latent values); encoder backward, sparse
-    over the k selected latents, 2*k*d_in (weights) + 2*k*d_in (input, for b_dec). Not
-    counted: top-k selection, AuxK (only while latents are dead), the optimiser update
-    (O(d_sae*d_in) per step, ~0.2% here) - so the bound below is optimistic."""
-    return 2 * d_in * D_SAE + 10 * K * d_in
+    over the k selected latents, 2*k*d_in (weights). Not counted: top-k selection, AuxK
+    (only while latents are dead), b_dec's gradient through the encoder and the optimiser
+    update (each O(d_sae*d_in) per step, ~0.2% here) - so the bound below is optimistic."""
+    return 2 * d_in * D_SAE + 8 * K * d_in
 
 
 def synthetic_sets(root: Path, tokens: int, heldout_tokens: int, d_in: int = 640) -> tuple[Path, Path]:
@@ -287,7 +316,7 @@ def plot(results: dict[str, dict], path: Path, tokens: int) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, res in results.items():
-        xs, ys = zip(*res["curve"], strict=True)
+        xs, ys = [c[0] for c in res["curve"]], [c[1] for c in res["curve"]]
         ax.plot(xs, ys, "o-", label=name)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("held-out FVU (lower is better)")
@@ -298,9 +327,10 @@ def plot(results: dict[str, dict], path: Path, tokens: int) -> None:
     plt.close(fig)
 
 
-def _fvu_at(res: dict, fraction: float, steps: int) -> float:
+def _fvu_at(res: dict, fraction: float, steps: int, column: int = 1) -> float:
+    """Held-out FVU (``column`` 2: dead share) at ``fraction`` of the run."""
     step = max(1, round(fraction * steps))
-    return dict(res["curve"]).get(step * BATCH, math.nan)
+    return {c[0]: c[column] for c in res["curve"]}.get(step * BATCH, math.nan)
 
 
 def main() -> int:
@@ -323,6 +353,9 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="write every result and the sweep here")
     parser.add_argument("--default-only", action="store_true", help="ours: the default recipe only, no variants")
+    parser.add_argument(
+        "--ours-lrs", default="", help="ours: also the default recipe at these peak lrs (comma-separated)"
+    )
     parser.add_argument("--synthetic", action="store_true", help="synthetic sparse data instead of cached activations")
     parser.add_argument("--plot", type=Path, default=None, help="FVU-vs-tokens PNG (default: in the temp folder)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -365,6 +398,8 @@ def main() -> int:
         for optimizer in () if args.default_only else ("adam", "signum"):
             variants[f"ours, {optimizer}"] = {"optimizer": optimizer}
             variants[f"ours, {optimizer} + schedule, projection, AuxK scale"] = {**FULL_RECIPE, "optimizer": optimizer}
+        for lr in (float(v) for v in args.ours_lrs.split(",") if v):
+            variants[f"ours (default recipe), lr {lr:.3g}"] = {"lr": lr}
         trained: dict[str, str] = {}  # the effective config -> the name it was first run under
         for name, overrides in variants.items():
             effective = repr(TrainConfig.from_dict({"batch_size": BATCH, **overrides}))
@@ -388,11 +423,13 @@ def main() -> int:
         print("  " + ", ".join(f"lr {lr:g}: {value:.4f}" for lr, value in sweep.items()) + f" -> lr {best_lr:g}")
 
     width = max(len(name) for name in results) + 2
-    header = "".join(f"{h:>10}" for h in ("tokens/s", "FVU@25%", "FVU@50%", "FVU@100%"))
+    header = "".join(f"{h:>10}" for h in ("tokens/s", "FVU@25%", "FVU@50%", "FVU@100%", "dead@100%"))
     print(f"\n{'trainer':<{width}}{header}{'peak RSS MB':>13}   lr")
     for name, res in results.items():
         fvus = "".join(f"{_fvu_at(res, f, steps):>10.4f}" for f in FRACTIONS)
-        print(f"{name:<{width}}{res['tokens_per_s']:>10,.0f}{fvus}{res['peak_rss_mb']:>13,.0f}   {res['lr']:.3g}")
+        dead = f"{_fvu_at(res, 1.0, steps, column=2):>10.1%}"
+        print(f"{name:<{width}}{res['tokens_per_s']:>10,.0f}{fvus}{dead}{res['peak_rss_mb']:>13,.0f}   {res['lr']:.3g}")
+    print("dead: share of the latents that fire on none of the held-out tokens")
     if args.json:
         record = {"tokens": tokens, "batch": BATCH, "results": results, "saelens_sweep": sweep}
         args.json.write_text(json.dumps(record, indent=1))

@@ -242,7 +242,7 @@ def bare_train_steps(cfg: Any, manifest: Path, steps: int, device: str) -> float
     sae = SparseAutoencoder(sae_cfg, input_scale=input_scale_from(meta), seed=cfg.seed).to(device)
     reader = ActivationShardReader(manifest, cfg.batch_size, seed=cfg.seed, drop_last=True)
     batches = [x.to(device) for x in itertools.islice(reader, min(steps, 8))]
-    optimizer = torch.optim.Adam(sae.parameters(), lr=effective_lr(cfg))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=effective_lr(cfg), fused=device in ("cpu", "cuda"))
 
     def loop() -> None:
         for x in itertools.islice(itertools.cycle(batches), steps):

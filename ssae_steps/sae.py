@@ -140,31 +140,71 @@ class JumpStep(torch.autograd.Function):
 
 def _dead_topk(pre: torch.Tensor, dead: torch.Tensor | None, k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
     """AuxK selection: the ``k_aux`` largest pre-activations (ReLU'd) among ``dead`` latents,
-    per token; empty when ``dead`` is None. Overwrites ``pre``."""
+    per token; empty when ``dead`` is None. The top-k runs on the dead latents' columns
+    only: at batch 4096 x 8192 latents, masking the live columns and selecting over all of
+    them took 0.2-0.35 s (a fifth to a third of a training step on 2 cores), the dead
+    columns alone 4 ms with 50 dead and 0.09 s with 2,000."""
     if dead is None:
         empty = torch.empty(len(pre), 0, dtype=pre.dtype, device=pre.device)
         return empty, empty.long()
-    values, indices = torch.topk(pre.masked_fill_(~dead, float("-inf")), k_aux, dim=-1, sorted=False)
-    return F.relu(values), indices
+    columns = dead.nonzero().squeeze(1)
+    values, local = torch.topk(pre.index_select(1, columns), k_aux, dim=-1, sorted=False)
+    return F.relu(values), columns[local]
+
+
+def _bag_sum(
+    table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, bag: torch.Tensor, n_bags: int
+) -> torch.Tensor:
+    """``out[b] = sum of weights[e] * table[index[e]]`` over the entries e with ``bag[e] == b``
+    (``[n_bags, table.shape[1]]``): one ``embedding_bag`` over the entries sorted by bag."""
+    order = torch.argsort(bag, stable=True)
+    counts = torch.bincount(bag, minlength=n_bags)
+    return F.embedding_bag(
+        index[order], table, counts.cumsum(0) - counts, per_sample_weights=weights[order], mode="sum"
+    )
+
+
+def _sparse_encoder_grads(
+    ctx: Any, x_in: torch.Tensor, w_enc: torch.Tensor, rows: torch.Tensor, latents: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of ``(x_scaled, b_dec, W_enc, b_enc)`` for the encoders below, from the
+    gradient ``grad`` of the selected pre-activations ``(rows, latents)`` (flat; the rest
+    carry none). ``W_enc``'s is a sum of ``batch * k`` outer products, one ``embedding_bag``
+    over ``x_in`` per latent instead of a dense batch x d_sae x d_in matmul; ``b_dec``'s
+    (``x_in = x_scaled - b_dec``) is ``-W_enc @ grad_b_enc``, so the per-token input gradient
+    is only formed when ``x_scaled`` itself needs one."""
+    batch, d_sae = len(x_in), w_enc.shape[1]
+    grad_x = grad_b_dec = grad_w = grad_b = None
+    per_latent = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, latents, grad)
+    if ctx.needs_input_grad[0]:
+        grad_x = _bag_sum(w_enc.t().contiguous(), latents, grad, rows, batch)
+    if ctx.needs_input_grad[1]:
+        grad_b_dec = -(w_enc @ per_latent)
+    if ctx.needs_input_grad[2]:
+        grad_w = _bag_sum(x_in, rows, grad, latents, d_sae).t()
+    if ctx.needs_input_grad[3]:
+        grad_b = per_latent
+    return grad_x, grad_b_dec, grad_w, grad_b
 
 
 class TopKEncode(torch.autograd.Function):
     """TopK encoder with a sparse backward: ``(values, indices)`` of the k largest
-    pre-activations ``x_in @ W_enc + b_enc`` (ReLU'd), and optionally the ``k_aux`` largest
-    among ``dead`` latents (for AuxK). Only the selected entries carry gradient, so the
-    encoder's weight gradient is a sparse [d_sae, batch] x [batch, d_in] product instead of
-    a second dense batch x d_sae x d_in matmul; the input gradient gathers k rows."""
+    pre-activations ``(x_scaled - b_dec) @ W_enc + b_enc`` (ReLU'd), and optionally the
+    ``k_aux`` largest among ``dead`` latents (for AuxK). Only the selected entries carry
+    gradient (:func:`_sparse_encoder_grads`)."""
 
     @staticmethod
     def forward(
         ctx: Any,
-        x_in: torch.Tensor,
+        x_scaled: torch.Tensor,
+        b_dec: torch.Tensor,
         w_enc: torch.Tensor,
         b_enc: torch.Tensor,
         k: int,
         dead: torch.Tensor | None,
         k_aux: int,
     ) -> tuple[torch.Tensor, ...]:
+        x_in = x_scaled - b_dec
         pre = torch.addmm(b_enc, x_in, w_enc)
         values, indices = torch.topk(pre, k, dim=-1, sorted=False)
         values = F.relu(values)
@@ -182,29 +222,15 @@ class TopKEncode(torch.autograd.Function):
             grads.append(grad_aux * (aux_values > 0))
             idx.append(aux_indices)
         grad, idx = torch.cat(grads, 1), torch.cat(idx, 1)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx, w_enc.t().contiguous(), per_sample_weights=grad, mode="sum")
-        if ctx.needs_input_grad[1]:
-            rows = torch.arange(len(x_in), device=x_in.device).repeat_interleave(idx.shape[1])
-            sparse = torch.sparse_coo_tensor(
-                torch.stack([idx.reshape(-1), rows]),
-                grad.reshape(-1),
-                (w_enc.shape[1], len(x_in)),
-                check_invariants=False,
-            )
-            grad_w = torch.sparse.mm(sparse, x_in).t()
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, idx.reshape(-1), grad.reshape(-1))
-        return grad_x, grad_w, grad_b, None, None, None
+        rows = torch.arange(len(x_in), device=x_in.device).repeat_interleave(idx.shape[1])
+        return (*_sparse_encoder_grads(ctx, x_in, w_enc, rows, idx.reshape(-1), grad.reshape(-1)), None, None, None)
 
 
 class BatchTopKEncode(torch.autograd.Function):
     """BatchTopK encoder with a sparse backward (Bussmann et al. 2024, "BatchTopK Sparse
-    Autoencoders"): the ``k * batch`` largest pre-activations ``x_in @ W_enc + b_enc`` of
-    the whole batch, ReLU'd, as ``(values, rows, latents)``, flat and sorted by (row,
-    latent); plus, for AuxK, the ``k_aux`` largest among ``dead`` latents per token.
+    Autoencoders"): the ``k * batch`` largest pre-activations ``(x_scaled - b_dec) @ W_enc
+    + b_enc`` of the whole batch, ReLU'd, as ``(values, rows, latents)``, flat and sorted by
+    (row, latent); plus, for AuxK, the ``k_aux`` largest among ``dead`` latents per token.
 
     The selection is one ``torch.topk`` over the flattened dense ``[batch, d_sae]``
     pre-activations, as in SAELens' ``BatchTopK`` and dictionary_learning's
@@ -215,13 +241,15 @@ class BatchTopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
-        x_in: torch.Tensor,
+        x_scaled: torch.Tensor,
+        b_dec: torch.Tensor,
         w_enc: torch.Tensor,
         b_enc: torch.Tensor,
         k: int,
         dead: torch.Tensor | None,
         k_aux: int,
     ) -> tuple[torch.Tensor, ...]:
+        x_in = x_scaled - b_dec
         pre = torch.addmm(b_enc, x_in, w_enc)
         d_sae = pre.shape[1]
         values, flat = torch.topk(pre.reshape(-1), k * len(x_in), sorted=False)
@@ -236,33 +264,13 @@ class BatchTopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_values: torch.Tensor, _gr: Any, _gl: Any, grad_aux: torch.Tensor, _ga: Any) -> tuple:
         x_in, w_enc, values, rows, latents, aux_values, aux_indices = ctx.saved_tensors
-        batch = len(x_in)
         grad = grad_values * (values > 0)
-        use_aux = aux_indices.shape[1] > 0 and grad_aux is not None
-        all_rows, all_latents, all_grad = rows, latents, grad
-        if use_aux:
-            aux_grad = grad_aux * (aux_values > 0)
-            aux_rows = torch.arange(batch, device=x_in.device).repeat_interleave(aux_indices.shape[1])
-            all_rows = torch.cat([rows, aux_rows])
-            all_latents = torch.cat([latents, aux_indices.reshape(-1)])
-            all_grad = torch.cat([grad, aux_grad.reshape(-1)])
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            w_rows = w_enc.t().contiguous()
-            counts = torch.bincount(rows, minlength=batch)
-            offsets = counts.cumsum(0) - counts
-            grad_x = F.embedding_bag(latents, w_rows, offsets, per_sample_weights=grad, mode="sum")
-            if use_aux:
-                grad_x = grad_x + F.embedding_bag(aux_indices, w_rows, per_sample_weights=aux_grad, mode="sum")
-        if ctx.needs_input_grad[1]:
-            sparse = torch.sparse_coo_tensor(
-                torch.stack([all_latents, all_rows]), all_grad, (w_enc.shape[1], batch), check_invariants=False
-            )
-            grad_w = torch.sparse.mm(sparse, x_in).t()
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, all_latents, all_grad)
-        return grad_x, grad_w, grad_b, None, None, None
+        if aux_indices.shape[1] > 0 and grad_aux is not None:
+            aux_rows = torch.arange(len(x_in), device=x_in.device).repeat_interleave(aux_indices.shape[1])
+            rows = torch.cat([rows, aux_rows])
+            latents = torch.cat([latents, aux_indices.reshape(-1)])
+            grad = torch.cat([grad, (grad_aux * (aux_values > 0)).reshape(-1)])
+        return (*_sparse_encoder_grads(ctx, x_in, w_enc, rows, latents, grad), None, None, None)
 
 
 class SparseAutoencoder(nn.Module):
@@ -299,16 +307,14 @@ class SparseAutoencoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """TopK with the sparse backward (:class:`TopKEncode`): ``(values, indices,
         aux_values, aux_indices)``; the aux pair selects among ``dead`` latents (empty if None)."""
-        x_in = x * self.input_scale - self.b_dec
-        return TopKEncode.apply(x_in, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux)
+        return TopKEncode.apply(x * self.input_scale, self.b_dec, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux)
 
     def batchtopk_train(
         self, x: torch.Tensor, dead: torch.Tensor | None = None, k_aux: int = 0
     ) -> tuple[torch.Tensor, ...]:
         """BatchTopK/Matryoshka training selection (:class:`BatchTopKEncode`): ``(values,
         rows, latents, aux_values, aux_indices)``, ``k * len(x)`` entries sorted by row."""
-        x_in = x * self.input_scale - self.b_dec
-        return BatchTopKEncode.apply(x_in, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux)
+        return BatchTopKEncode.apply(x * self.input_scale, self.b_dec, self.W_enc, self.b_enc, self.cfg.k, dead, k_aux)
 
     def prefix_reconstructions(
         self, values: torch.Tensor, rows: torch.Tensor, latents: torch.Tensor, batch: int

@@ -183,18 +183,18 @@ def test_topk_recovers_a_planted_dictionary() -> None:
 
 def test_sparse_topk_backward_matches_dense_autograd() -> None:
     """TopKEncode's hand-written sparse backward equals autograd through the dense path,
-    for the main top-k and the AuxK selection among dead latents."""
+    for the main top-k and the AuxK selection among dead latents, also for the input."""
     sae = SparseAutoencoder(SAEConfig(d_in=12, d_sae=40, k=3), input_scale=0.7, seed=3)
     with torch.no_grad():
         sae.b_enc.normal_(generator=torch.Generator().manual_seed(1))
         sae.b_dec.normal_(generator=torch.Generator().manual_seed(2))
-    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
     dead = torch.arange(40) % 3 == 0
     weights = torch.randn(16, 3, generator=torch.Generator().manual_seed(4)), torch.randn(16, 5)
 
     def grads(values: torch.Tensor, aux_values: torch.Tensor) -> list[torch.Tensor]:
         loss = (values * weights[0]).sum() + (aux_values * weights[1]).sum()
-        return torch.autograd.grad(loss, [sae.W_enc, sae.b_enc, sae.b_dec])
+        return torch.autograd.grad(loss, [sae.W_enc, sae.b_enc, sae.b_dec, x])
 
     values, indices, aux_values, aux_indices = sae.topk_train(x, dead, 5)
     sparse = grads(values, aux_values)
@@ -227,18 +227,18 @@ def test_batchtopk_keeps_k_per_token_on_average_over_the_batch() -> None:
 
 def test_sparse_batchtopk_backward_matches_dense_autograd() -> None:
     """BatchTopKEncode's sparse backward equals autograd through the dense path, for the
-    batch-wide selection and the AuxK selection among dead latents."""
+    batch-wide selection and the AuxK selection among dead latents, also for the input."""
     sae = SparseAutoencoder(SAEConfig(architecture="batchtopk", d_in=12, d_sae=40, k=3), input_scale=0.7, seed=3)
     with torch.no_grad():
         sae.b_enc.normal_(generator=torch.Generator().manual_seed(1))
         sae.b_dec.normal_(generator=torch.Generator().manual_seed(2))
-    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
     dead = torch.arange(40) % 3 == 0
     weights = torch.randn(48, generator=torch.Generator().manual_seed(4)), torch.randn(16, 5)
 
     def grads(values: torch.Tensor, aux_values: torch.Tensor) -> list[torch.Tensor]:
         loss = (values * weights[0]).sum() + (aux_values * weights[1]).sum()
-        return torch.autograd.grad(loss, [sae.W_enc, sae.b_enc, sae.b_dec])
+        return torch.autograd.grad(loss, [sae.W_enc, sae.b_enc, sae.b_dec, x])
 
     values, rows, latents, aux_values, aux_indices = sae.batchtopk_train(x, dead, 5)
     sparse = grads(values, aux_values)

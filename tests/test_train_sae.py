@@ -31,6 +31,7 @@ from ssae_steps.train_sae import (
     TrainingPlan,
     _step_losses,
     auxk_scale,
+    effective_lr,
     evaluation_sae,
     import_pretrained,
     lr_factor,
@@ -482,7 +483,8 @@ def test_projected_decoder_gradient_is_orthogonal_to_each_row(tmp_path: Path, mo
 
 def test_width_scaled_learning_rate_is_recorded(tmp_path: Path) -> None:
     """lr None: base / sqrt(d_sae / 2^14) for the optimiser (Adam 1.4e-3, measured; signum
-    5e-3, sparsify's); an explicit lr is kept. summary.json records the value used."""
+    5e-3, sparsify's), Adam's times (batch / 1024) ** 0.25; an explicit lr is kept. summary.json
+    records the value used."""
     acts, _ = planted(1000, 0.0)
     manifest = write_activation_set(acts, tmp_path / "acts" / "manifest.json")
     assert BASE_LR == {"adam": 1.4e-3, "signum": 5e-3}
@@ -492,10 +494,20 @@ def test_width_scaled_learning_rate_is_recorded(tmp_path: Path) -> None:
         out = tmp_path / f"{optimizer}-{d_sae}-{lr}"
         summary = train_sae(cfg, manifest, out)
         expected = lr if lr is not None else BASE_LR[optimizer] / math.sqrt(d_sae / 2**14)
+        if lr is None and optimizer == "adam":
+            expected *= (250 / 1024) ** 0.25
         assert summary["lr"] == pytest.approx(expected, rel=1e-12) and summary["optimizer"] == optimizer
         assert json.loads((out / "summary.json").read_text())["lr"] == pytest.approx(expected, rel=1e-12)
         assert [row["lr"] for row in _log(out)] == pytest.approx([expected] * 4)
     assert BASE_LR["adam"] / math.sqrt(64 / 2**14) == pytest.approx(2.24e-2)  # 1.4e-3 * 16
+    # The batch rule: 4x the batch, sqrt(2)x Adam's lr; signum's does not move.
+    for optimizer, ratio in (("adam", math.sqrt(2)), ("signum", 1.0)):
+        small, large = (
+            effective_lr(TrainConfig.from_dict({"sae": {"d_sae": 8192}, "optimizer": optimizer, "batch_size": b}))
+            for b in (1024, 4096)
+        )
+        assert large / small == pytest.approx(ratio)
+    assert effective_lr(TrainConfig.from_dict({"sae": {"d_sae": 8192}})) == pytest.approx(1.4e-3 * math.sqrt(2))
 
 
 def test_auxk_loss_is_scaled_by_the_dead_fraction(monkeypatch) -> None:
