@@ -11,7 +11,7 @@ import pytest
 
 from ssae_steps._config import ConfigError
 from ssae_steps.corpus import CorpusConfig, build_corpus
-from ssae_steps.embed import EmbedderConfig, embed_corpus, embed_texts, load_embedder
+from ssae_steps.embed import EmbedderConfig, embed_corpus, embed_texts, gather_embeddings, load_embedder
 from ssae_steps.faiss_index import IndexConfig, build_index, build_pool_index, search
 from ssae_steps.retrieve import DenseInputs, RetrievalConfig, rank_by_max_score, select, take_within_budget
 from tests.conftest import wiki_texts
@@ -168,6 +168,33 @@ def test_bad_inputs(planted: dict, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"retrieval.embedder.name: local embedder directory"):
         load_embedder(EmbedderConfig(source="local", name=str(tmp_path / "nope")))
     assert not (tmp_path / "a").exists()
+
+
+def test_embedding_parts_gather_to_one_jobs_vectors(planted: dict, tmp_path: Path) -> None:
+    """Three parts of the seed table, embedded in reverse order and gathered, give one job's
+    doc ids and meta and its vectors up to float rounding (each part batches its documents
+    by length on its own); a missing part or a part of another table is refused."""
+    root, table, cfg = planted["root"], planted["tables"]["sub"], EmbedderConfig(parts=3)
+    whole = json.loads((root / "sub.json").read_text())
+    metas = [tmp_path / f"{i}-of-3.json" for i in range(3)]
+    for i in reversed(range(3)):
+        embed_corpus(cfg, table, metas[i].with_suffix(".npy"), metas[i], part=(i, 3))
+    sizes = [len(json.loads(m.read_text())["doc_ids"]) for m in metas]
+    assert sum(sizes) == whole["documents"] and min(sizes) > 0
+    gathered = gather_embeddings(metas, tmp_path / "vectors.npy", tmp_path / "meta.json")
+    assert json.loads((tmp_path / "meta.json").read_text()) == gathered
+    assert gathered["doc_ids"] == whole["doc_ids"] and gathered["embedder"] == whole["embedder"]
+    assert gathered["table"] == whole["table"] and gathered["dim"] == whole["dim"]
+    np.testing.assert_allclose(np.load(tmp_path / "vectors.npy"), np.load(root / "sub.npy"), atol=1e-5)
+
+    with pytest.raises(ConfigError, match=r"parts \[0, 2\] of 3"):
+        gather_embeddings([metas[0], metas[2]], tmp_path / "x.npy", tmp_path / "x.json")
+    other = tmp_path / "other-1-of-3.json"  # part 1 as if cut from a table with other documents
+    other.write_text(json.dumps(json.loads(metas[1].read_text()) | {"table_ids_sha256": "0" * 64}))
+    other.with_suffix(".npy").write_bytes(metas[1].with_suffix(".npy").read_bytes())
+    with pytest.raises(ConfigError, match=r"other-1-of-3.json: table_ids_sha256 differs"):
+        gather_embeddings([metas[0], other, metas[2]], tmp_path / "x.npy", tmp_path / "x.json")
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_rank_by_max_score_merges_and_dedupes() -> None:

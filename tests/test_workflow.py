@@ -289,6 +289,24 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 **EVAL_REPORTS,
             },
         ),
+        # Embedding the pool in parts: its vectors come from the gather (equal up to float
+        # rounding), so its index and what reads it rerun; not the seed set's embedding.
+        (
+            "retrieval.embedder.parts",
+            2,
+            {
+                "embed_corpus_part": 2,
+                "gather_embedding_parts": 1,
+                "build_index": 1,
+                "select_data": 1,
+                "compare_selection": 1,
+                "cache_selected_activations": 1,
+                "train_ssae": 1 + 1,
+                "training_report": 1,
+                "evaluate_sae": 1 + 1,
+                **EVAL_REPORTS,
+            },
+        ),
         # An activation parameter: the activation sets and everything computed from them.
         (
             "activations.batch_size",

@@ -1,3 +1,15 @@
+EMBED_PARTS = config["retrieval"]["embedder"]["parts"]
+# What the vectors depend on; `parts` only splits the pool's embedding into jobs.
+EMBEDDER_SETTINGS = {k: v for k, v in config["retrieval"]["embedder"].items() if k != "parts"}
+EMBED_SHELL = (
+    "{PY:q} -m ssae_steps.embed --params {params.cfg:q} --table {input.table} {params.part} "
+    "--device {params.device} --out-vectors {output.vectors} --out-meta {output.meta} > {log} 2>&1"
+)
+
+# parts > 1: the pool's vectors come from the gather, every other corpus's from here.
+ruleorder: gather_embedding_parts > embed_corpus
+
+
 rule embed_corpus:
     input:
         table="results/corpora/{corpus}/docs.parquet",
@@ -7,7 +19,8 @@ rule embed_corpus:
     wildcard_constraints:
         corpus="|".join(CORPORA),
     params:
-        cfg=as_json(config["retrieval"]["embedder"]),
+        cfg=as_json(EMBEDDER_SETTINGS),
+        part="",
         device=DEVICE,
         code=code_version("embed"),
     threads: 2
@@ -20,8 +33,57 @@ rule embed_corpus:
     benchmark:
         "benchmarks/embed_corpus/{corpus}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.embed --params {params.cfg:q} --table {input.table} "
-        "--device {params.device} --out-vectors {output.vectors} --out-meta {output.meta} > {log} 2>&1"
+        EMBED_SHELL
+
+
+# With retrieval.embedder.parts > 1 the pool is embedded in parts (scatter), each a
+# contiguous run of its documents, and gathered into one vectors file.
+rule embed_corpus_part:
+    input:
+        table="results/corpora/{corpus}/docs.parquet",
+    output:
+        vectors="results/embeddings/{corpus}/parts/{part}-of-{parts}.npy",
+        meta="results/embeddings/{corpus}/parts/{part}-of-{parts}.json",
+    wildcard_constraints:
+        corpus=POOL,
+        part=r"\d+",
+        parts=str(EMBED_PARTS),
+    params:
+        cfg=as_json(EMBEDDER_SETTINGS),
+        part=lambda wc: f"--part {wc.part} {wc.parts}",
+        device=DEVICE,
+        code=code_version("embed"),
+    threads: 2
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV
+    log:
+        "logs/embed_corpus/{corpus}/part-{part}-of-{parts}.log",
+    benchmark:
+        "benchmarks/embed_corpus/{corpus}/part-{part}-of-{parts}.tsv"
+    shell:
+        EMBED_SHELL
+
+
+rule gather_embedding_parts:
+    input:
+        metas=expand("results/embeddings/{{corpus}}/parts/{part}-of-{parts}.json", part=range(EMBED_PARTS), parts=EMBED_PARTS),
+        vectors=expand("results/embeddings/{{corpus}}/parts/{part}-of-{parts}.npy", part=range(EMBED_PARTS), parts=EMBED_PARTS),
+    output:
+        vectors="results/embeddings/{corpus}/vectors.npy",
+        meta="results/embeddings/{corpus}/meta.json",
+    wildcard_constraints:
+        corpus=POOL if EMBED_PARTS > 1 else "^$",
+    params:
+        code=code_version("embedding_gather", "embed"),
+    conda:
+        ENV
+    log:
+        "logs/embed_corpus/{corpus}/gather.log",
+    shell:
+        "{PY:q} -m ssae_steps.embedding_gather --parts {input.metas} --out-vectors {output.vectors} "
+        "--out-meta {output.meta} > {log} 2>&1"
 
 
 rule build_index:
@@ -73,6 +135,8 @@ def retrieval_params(strategy, budget_multiple=1.0):
     if strategy == "dense":
         keys += ["embedder", "index"]
     params = {k: RETRIEVAL[k] for k in keys}
+    if "embedder" in params:
+        params["embedder"] = EMBEDDER_SETTINGS
     params["token_budget"] = math.ceil(params["token_budget"] * budget_multiple)
     return as_json(params)
 
