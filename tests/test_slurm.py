@@ -19,11 +19,11 @@ from tests.slurm_cluster import ClusterUnavailable, start_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("pipeline")]
 # The chain to the general SAE: model, corpora, activation caching (in two parts and a
-# gather), training; and the pool's embedding (in two parts and a gather). Retrieval
+# gather), training. Retrieval
 # and the SSAEs are more jobs of the same kind (every SLURM job also starts Snakemake and
 # waits on the plugin's status polling), so they would only lengthen the test; the local
 # run covers them.
-SLURM_TARGETS = ("results/sae/general/k8/summary.json", "results/embeddings/general/vectors.npy")
+SLURM_TARGETS = ("results/sae/general/k8/summary.json",)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,9 @@ def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Pa
     pytest.importorskip("snakemake_executor_plugin_slurm")
     workdir = tmp_path / "wf"
     workdir.mkdir()
-    # The pool's training set and its embedding in two parts each (scatter/gather), each
-    # part its own SLURM job.
+    # The pool's training set in two parts (scatter/gather), each its own SLURM job.
     config = yaml.safe_load((local_run / "config.yaml").read_text())
     config["activations"]["parts"] = 2
-    config.setdefault("retrieval", {}).setdefault("embedder", {})["parts"] = 2
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(
         workdir,
@@ -84,8 +82,6 @@ def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Pa
         "cache_activation_part": 2,
         "gather_activation_parts": 1,
         "train_gsae": 1,
-        "embed_corpus_part": 2,
-        "gather_embedding_parts": 1,
     }
 
     # Same outputs as the local run.
@@ -99,15 +95,6 @@ def test_pipeline_through_slurm_profile_matches_local_run(cluster, local_run: Pa
         assert a["tokens"] == b["tokens"] and a["gathered_parts"] == 2
         assert a["shards"] == b["shards"]  # the parts wrote the single job's shards, byte for byte
         np.testing.assert_allclose(a["stats"]["mean"], b["stats"]["mean"], rtol=1e-4, atol=1e-5)
-    a_meta, b_meta = (
-        json.loads((root / "results/embeddings/general/meta.json").read_text()) for root in (workdir, local_run)
-    )
-    assert a_meta["doc_ids"] == b_meta["doc_ids"] and a_meta["parts"] == 2
-    np.testing.assert_allclose(
-        np.load(workdir / "results/embeddings/general/vectors.npy"),
-        np.load(local_run / "results/embeddings/general/vectors.npy"),
-        atol=1e-5,
-    )
     for run in ["general/k8"]:
         a = load_sae(workdir / "results/sae" / run / "sae").state_dict()
         b = load_sae(local_run / "results/sae" / run / "sae").state_dict()
