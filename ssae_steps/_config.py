@@ -108,6 +108,15 @@ def require_at_least(where: str, minimum: int, **values: int | float | None) -> 
             raise ConfigError(f"{where}.{key}: must be >= {minimum}, got {value}")
 
 
+def part_range(n: int, part: int, parts: int, key: str) -> tuple[int, int]:
+    """``[start, stop)`` of part ``part`` of ``n`` items cut into ``parts`` contiguous runs of
+    near-equal length (the scatter of a scatter/gather); a part that does not exist raises,
+    naming ``key``."""
+    if not 0 <= part < parts:
+        raise ConfigError(f"{key}: part {part} of {parts} does not exist")
+    return n * part // parts, n * (part + 1) // parts
+
+
 def to_mapping(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 

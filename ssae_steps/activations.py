@@ -49,7 +49,15 @@ from typing import Any, Literal
 import numpy as np
 
 from ssae_steps._cli import add_device_arguments, device_from
-from ssae_steps._config import ConfigError, from_mapping, require_at_least, resolve_device, run_stage, to_mapping
+from ssae_steps._config import (
+    ConfigError,
+    from_mapping,
+    part_range,
+    require_at_least,
+    resolve_device,
+    run_stage,
+    to_mapping,
+)
 from ssae_steps._io import atomic_path, code_fingerprint, file_sha256, remove_stale_temporaries, tree_digest, write_json
 
 log = logging.getLogger("ssae.activations")
@@ -305,8 +313,7 @@ def _forward_batch(
 def part_shards(total_rows: int, shard_tokens: int, part: int, parts: int) -> tuple[int, int]:
     """Shard indices ``[first, last)`` part ``part`` of ``parts`` writes: the set's shards
     in contiguous runs of near-equal length."""
-    n = math.ceil(total_rows / shard_tokens)
-    return n * part // parts, n * (part + 1) // parts
+    return part_range(math.ceil(total_rows / shard_tokens), part, parts, "activations.parts")
 
 
 def _complete_shards(shard_dir: Path, run_key: str, shard_tokens: int, first: int = 0, last: int | None = None) -> int:

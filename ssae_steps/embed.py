@@ -29,7 +29,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ssae_steps._config import ConfigError, from_mapping, require_at_least, resolve_device, run_stage, to_mapping
+from ssae_steps._config import (
+    ConfigError,
+    from_mapping,
+    part_range,
+    require_at_least,
+    resolve_device,
+    run_stage,
+    to_mapping,
+)
 from ssae_steps._io import atomic_path, write_json
 
 log = logging.getLogger("ssae.embed")
@@ -104,13 +112,6 @@ def embed_texts(model: Any, texts: list[str], batch_size: int, progress: bool = 
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def part_bounds(n_docs: int, part: int, parts: int) -> tuple[int, int]:
-    """``[start, stop)`` of part ``part`` of ``parts`` contiguous runs of ``n_docs`` documents."""
-    if not 0 <= part < parts:
-        raise ConfigError(f"retrieval.embedder.parts: part {part} of {parts} does not exist")
-    return n_docs * part // parts, n_docs * (part + 1) // parts
-
-
 def _ids_digest(doc_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(doc_ids).encode()).hexdigest()
 
@@ -150,7 +151,7 @@ def embed_corpus(
     if not docs["doc_id"]:
         raise ConfigError(f"file {table}: corpus table has no documents")
     ids, texts = docs["doc_id"], docs["text"]
-    start, stop = part_bounds(len(ids), *part) if part else (0, len(ids))
+    start, stop = part_range(len(ids), *part, "retrieval.embedder.parts") if part else (0, len(ids))
     model = load_embedder(cfg, device)
     started = time.time()
     if stop > start:

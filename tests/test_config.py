@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssae_steps._config import ConfigError, coerce_override_scalars, schema_errors
+from ssae_steps._config import ConfigError, coerce_override_scalars, part_range, schema_errors
 from ssae_steps.bios import BiosConfig
 from ssae_steps.corpus import CorpusConfig
 from ssae_steps.debias import DebiasConfig
@@ -205,3 +205,12 @@ def test_override_strings_become_the_schema_types() -> None:
     assert config["term_study"] == {"enabled": False, "tilts": [0, 1000.0, 2.5], "seeds": 3}
     assert config["training"]["gsae"]["snapshots"] == 2 and config["model"]["name"] == "123"
     assert schema_errors(config, SCHEMA_PATH) == ["lineage.enabled: 'maybe' is not of type 'boolean'"]
+
+
+def test_part_range_cuts_contiguous_near_equal_runs_and_names_the_key() -> None:
+    """The scatter of both scatter/gathers: parts cover 0..n once, in order, sizes within 1."""
+    runs = [part_range(10, i, 3, "activations.parts") for i in range(3)]
+    assert runs == [(0, 3), (3, 6), (6, 10)]
+    assert [part_range(2, i, 3, "k")[1] - part_range(2, i, 3, "k")[0] for i in range(3)] == [0, 1, 1]
+    with pytest.raises(ConfigError, match=r"retrieval.embedder.parts: part 3 of 3 does not exist"):
+        part_range(10, 3, 3, "retrieval.embedder.parts")
