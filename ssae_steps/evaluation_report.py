@@ -42,6 +42,9 @@ RUN_NAME = re.compile(
 FVU_FORMULA = "FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2"
 CONTROL_STRATEGY = "random"
 INTERVAL_METRICS = ["fvu", "delta_ce", "kl", "spliced_loss", "l0"]
+NON_NEGATIVE = {"fvu", "kl", "spliced_loss", "l0"}
+"""Metrics that cannot fall below zero: a few seeds that disagree give a t interval reaching
+below it, which is clipped (delta CE can be negative and is not)."""
 COMPARED = {"fvu": ("FVU", ""), "delta_ce": ("ΔCE", " nats"), "kl": ("KL", " nats")}
 PCT = round(100 * LEVEL)
 
@@ -139,7 +142,7 @@ def metrics_table(
                 per_seed = [float(fns[metric](np.ones((1, len(frames[0]))))[0]) for fns in metric_fns]
                 cis |= {
                     metric: ci.estimate,
-                    f"{metric}_ci_low": ci.low,
+                    f"{metric}_ci_low": max(ci.low, 0.0) if metric in NON_NEGATIVE else ci.low,
                     f"{metric}_ci_high": ci.high,
                     f"{metric}_seed_sd": float(np.std(per_seed, ddof=1)) if len(names) > 1 else math.nan,
                 }

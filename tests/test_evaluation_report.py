@@ -259,3 +259,17 @@ def test_frequency_bins_put_each_type_in_exactly_one_decade() -> None:
     # Cumulative shares count exactly the types of the decades up to that edge.
     for i, (low, high) in enumerate(bins):
         assert _in_bin(edge_cases, low, high, cumulative=True).sum() == membership[: i + 1].sum()
+
+
+def test_intervals_of_non_negative_metrics_stop_at_zero(tmp_path: Path) -> None:
+    # Two seeds far apart: the t interval (1 degree of freedom) reaches far below zero.
+    runs = {"gsae/k8": _planted_run(tmp_path, "gsae", 1.0, 1, 0.3)}
+    for tag, scale in (("", 0.05), ("-s1", 3.0)):
+        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"dense{tag}", scale, 2, 0.2)
+    table, *_ = _report(tmp_path, runs)
+    row = table.set_index(["run", "set"]).loc[("ssae/dense/finetune-t0-k8", "subdomain")]
+    assert row["n_seeds"] == 2
+    for metric in ("fvu", "kl"):
+        assert row[f"{metric}_ci_low"] == 0.0 < row[metric] < row[f"{metric}_ci_high"], metric
+    # Delta CE may be negative (an SAE can lower the loss), so its interval is left as it is.
+    assert row["delta_ce_ci_low"] < 0 < row["delta_ce"]
