@@ -16,6 +16,7 @@ from ssae_steps._io import code_fingerprint, tree_digest  # noqa: E402
 from ssae_steps.activations import ActivationConfig  # noqa: E402
 from ssae_steps.corpus import CorpusConfig  # noqa: E402
 from ssae_steps.debias import DebiasConfig  # noqa: E402
+from ssae_steps.embed import EmbedderConfig  # noqa: E402
 from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
 from ssae_steps.lineage import LineageConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402

@@ -1,6 +1,7 @@
 EMBED_PARTS = config["retrieval"]["embedder"]["parts"]
-# What the vectors depend on; `parts` only splits the pool's embedding into jobs.
-EMBEDDER_SETTINGS = {k: v for k, v in config["retrieval"]["embedder"].items() if k != "parts"}
+# What the vectors depend on (`parts` only splits the pool's embedding into jobs), as
+# their meta.json records it.
+EMBEDDER_SETTINGS = EmbedderConfig.from_dict(config["retrieval"]["embedder"]).recorded()
 EMBED_SHELL = (
     "{PY:q} -m ssae_steps.embed --params {params.cfg:q} --table {input.table} {params.part} "
     "--device {params.device} --out-vectors {output.vectors} --out-meta {output.meta} > {log} 2>&1"
