@@ -3,8 +3,9 @@
 Issue 18 ("Measure, do not time-test"). Each stage is the project's own stage function,
 called in-process with the arguments its Snakemake rule passes through ``python -m
 ssae_steps.X`` (the config is ``config.yaml`` with the schema's defaults filled in, as the
-workflow validates it; torch gets the rules' 2 threads). Each bare operation is the work
-the stage cannot avoid, timed in the same run on the same inputs, just before its stage:
+workflow validates it; torch gets ``--threads``, by default 2, as the rules from 4 cores
+up). Each bare operation is the work the stage cannot avoid, timed in the same run on the
+same inputs, just before its stage:
 
 - ``cache_activations``: ``--tokens`` (20,000) tokens of general-pool training documents
   (the subdomains' held-out documents excluded, as the rule does), written to a temp
@@ -422,7 +423,7 @@ def main() -> int:
     parser.add_argument(
         "--stages", default="cache,train,eval,embed", help="comma-separated subset of cache, train, eval, embed"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the rules' `threads: 2`)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the rules': 2 from 4 cores up, 1 on 2)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
     stages = args.stages.split(",")

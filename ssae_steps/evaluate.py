@@ -15,13 +15,13 @@ Definitions (per evaluation set, every cached test token):
 - downstream loss: test windows (the cached windows of test documents) are drawn
   uniformly at random (seeded) until ``loss_tokens`` tokens; each is scored with BOS
   prepended, by the clean model and with the hooked block's output replaced by the SAE
-  reconstruction at every non-BOS position (the full model, LM head included, runs).
+  reconstruction at every non-BOS position (the blocks after it and the LM head run).
   Headline: delta CE = spliced - clean cross-entropy and KL(clean || spliced) of the
   next-token distributions, in nats per token. Baselines (one job): the clean model and
   zero-ablation (block output set to 0); loss recovered = (zero - sae) / (zero - clean).
-  The baselines job also keeps the clean model's scores of the windows, so that each SAE's
-  evaluation runs only the spliced model (``ssae_steps.spliced_loss``; exact, not an
-  approximation).
+  The baselines job also keeps the clean model's scores of the windows and the hooked
+  block's output, so that each SAE's evaluation runs only the spliced model's later blocks
+  and head (``ssae_steps.spliced_loss``; exact, not an approximation).
 
 Beside each SAE's metrics (JSON), per-document sums on the test part (``per_doc.parquet``,
 :data:`PER_DOC_COLUMNS`) let the report bootstrap intervals over test documents: token
@@ -305,7 +305,7 @@ def evaluate_baselines(
     out, cache = {}, {}
     for name, manifest_path in sets.items():
         windows = [ids for _, ids in load_heldout(manifest_path, name, cfg, seed).windows]
-        cache[name] = clean_scores(model, windows, bos, pad, cfg.batch_size)
+        cache[name] = clean_scores(model, windows, bos, pad, cfg.batch_size, layer=layer)
         losses = window_losses(model, windows, layer, bos, pad, cfg.batch_size, torch.zeros_like, cache[name])
         n = int(losses["tokens"].sum())
         clean, zero = losses["clean_ce"].sum() / n, losses["spliced_ce"].sum() / n

@@ -11,6 +11,11 @@ things of the clean distribution ``p = softmax(W h_c)`` - its negative entropy, 
 
 So :func:`clean_scores` runs the clean model once per evaluation set (with the clean
 cross-entropy per position) and :func:`window_losses` then costs one spliced pass per SAE.
+The blocks up to the hooked one are the same in both passes, so the clean pass also keeps
+that block's output, and the spliced pass resumes from it: only the later blocks and the
+head run per SAE. It keeps it only after checking, on its first batch, that resuming gives
+the clean model's own final hidden states (a model whose blocks need more than the hidden
+state passed on, or return tuples, runs in full instead).
 Other heads (e.g. Gemma 2's soft-capped logits) score the clean model again beside each
 spliced pass, with full log-softmaxes. Either way positions are scored ``chunk`` at a time
 across the whole batch: logits of a few hundred positions fit in memory, and the
@@ -20,6 +25,7 @@ unembedding matrix is read once per chunk rather than once per row.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,7 @@ import torch
 
 from ssae_steps._io import atomic_path
 
+log = logging.getLogger("ssae.spliced_loss")
 CHUNK = 256
 """Positions per unembedding call: 256 x 262k float32 logits are 268 MB."""
 
@@ -56,6 +63,10 @@ class CleanScores:
     """(positions,) float64: sum_v p_v log p_v."""
     mean_unembedding: np.ndarray | None = None
     """(positions, d_model) float32: W^T p."""
+    layer: int | None = None
+    hook_hidden: np.ndarray | None = None
+    """(positions with BOS, d_model) float32: block ``layer``'s output at every position of
+    every window, window order; None where a spliced pass cannot resume from it."""
 
     @property
     def linear(self) -> bool:
@@ -73,6 +84,9 @@ def save_clean_scores(path: str | Path, scores: dict[str, CleanScores]) -> None:
         if s.linear:
             tensors[f"{name}.neg_entropy"] = np.ascontiguousarray(s.neg_entropy)
             tensors[f"{name}.mean_unembedding"] = np.ascontiguousarray(s.mean_unembedding)
+        if s.hook_hidden is not None:
+            tensors[f"{name}.hook_hidden"] = np.ascontiguousarray(s.hook_hidden)
+            tensors[f"{name}.layer"] = np.array([s.layer], dtype=np.int64)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -84,13 +98,17 @@ def load_clean_scores(path: str | Path) -> dict[str, CleanScores]:
     with safe_open(str(path), framework="numpy") as handle:
         keys = set(handle.keys())
         for name, fingerprint in (handle.metadata() or {}).items():
+            neg_entropy, mean_unembedding, layer, hook_hidden = (
+                handle.get_tensor(f"{name}.{k}") if f"{name}.{k}" in keys else None
+                for k in ("neg_entropy", "mean_unembedding", "layer", "hook_hidden")
+            )
             out[name] = CleanScores(
                 fingerprint,
                 handle.get_tensor(f"{name}.ce"),
-                *(
-                    handle.get_tensor(f"{name}.{k}") if f"{name}.{k}" in keys else None
-                    for k in ("neg_entropy", "mean_unembedding")
-                ),
+                neg_entropy,
+                mean_unembedding,
+                int(layer[0]) if layer is not None else None,
+                hook_hidden,
             )
     return out
 
@@ -130,6 +148,54 @@ def _final_hidden(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return out.last_hidden_state
 
 
+class _KnownOutput(torch.nn.Module):
+    """Stands in for a decoder block whose output is already known (``value``), or for one
+    before it, whose output is not needed (None: passes its input on)."""
+
+    def __init__(self, value: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.value if self.value is not None else (args[0] if args else kwargs["hidden_states"])
+
+
+def _final_hidden_from(
+    model: Any, layer: int, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The final hidden states with block ``layer``'s output set to ``hidden``, running only
+    the blocks after it (the ones before are swapped out for the call)."""
+    from ssae_steps.model import decoder_blocks
+
+    blocks = decoder_blocks(model)
+    saved = [blocks[i] for i in range(layer + 1)]
+    try:
+        for i in range(layer):
+            blocks[i] = _KnownOutput()
+        blocks[layer] = _KnownOutput(hidden)
+        return _final_hidden(model, ids, mask)
+    finally:
+        for i, block in enumerate(saved):
+            blocks[i] = block
+
+
+def _window_rows(windows: list[list[int]], bos: int | None) -> np.ndarray:
+    """Start of each window's positions (BOS included) in :attr:`CleanScores.hook_hidden`."""
+    lengths = [len(w) + (1 if bos is not None else 0) for w in windows]
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def _given_hidden(
+    hook_hidden: np.ndarray, starts: np.ndarray, batch: list[int], shape: tuple[int, ...], like: torch.Tensor
+) -> torch.Tensor:
+    """A batch's block outputs from :attr:`CleanScores.hook_hidden`, right-padded with zeros
+    (padding is after every real position, so causal attention never reads it)."""
+    given = torch.zeros(*shape[:2], hook_hidden.shape[1])
+    for row, i in enumerate(batch):
+        given[row, : starts[i + 1] - starts[i]] = torch.from_numpy(hook_hidden[starts[i] : starts[i + 1]])
+    return given.to(like.device, like.dtype)
+
+
 def _predicting(hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states of every position that predicts a real token, row by row, and the
     token each predicts."""
@@ -162,10 +228,30 @@ def _clean_chunk(model: Any, w: torch.Tensor | None, h: torch.Tensor, target: to
 
 @torch.no_grad()
 def clean_scores(
-    model: Any, windows: list[list[int]], bos: int | None, pad: int, batch_size: int, chunk: int = CHUNK
+    model: Any,
+    windows: list[list[int]],
+    bos: int | None,
+    pad: int,
+    batch_size: int,
+    chunk: int = CHUNK,
+    layer: int | None = None,
 ) -> CleanScores:
-    """Score ``windows`` with the clean model (see :class:`CleanScores`)."""
+    """Score ``windows`` with the clean model (see :class:`CleanScores`); with ``layer``,
+    also keep that block's output for spliced passes to resume from."""
+    from ssae_steps.model import decoder_blocks
+
     w = _linear_head(model)
+    starts = _window_rows(windows, bos)
+    hook_hidden = (
+        np.zeros((int(starts[-1]), model.config.get_text_config().hidden_size), np.float32)
+        if layer is not None
+        else None
+    )
+    captured: list[Any] = []
+
+    def keep(_module: Any, _inputs: Any, output: Any) -> None:
+        captured.append(output)
+
     offsets = _offsets(windows, bos)
     total = int(offsets[-1])
     ce = np.zeros(total)
@@ -173,8 +259,21 @@ def clean_scores(
     mean_unembedding = (
         np.zeros((total, model.config.get_text_config().hidden_size), np.float32) if w is not None else None
     )
-    for batch, ids, mask in _batches(windows, bos, pad, batch_size):
-        h, target = _predicting(_final_hidden(model, ids, mask), ids, mask)
+    for number, (batch, ids, mask) in enumerate(_batches(windows, bos, pad, batch_size)):
+        handle = decoder_blocks(model)[layer].register_forward_hook(keep) if hook_hidden is not None else None
+        try:
+            final = _final_hidden(model, ids, mask)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if hook_hidden is not None:
+            out = captured.pop()
+            if number == 0 and not _resumes_exactly(model, layer, out, final, ids, mask):
+                hook_hidden = None
+            else:
+                for row, i in enumerate(batch):
+                    hook_hidden[starts[i] : starts[i + 1]] = out[row, : starts[i + 1] - starts[i]].float().cpu().numpy()
+        h, target = _predicting(final, ids, mask)
         where = _rows_of(offsets, batch)
         for start in range(0, len(target), chunk):
             rows = where[start : start + chunk]
@@ -183,7 +282,30 @@ def clean_scores(
             if w is not None:
                 neg_entropy[rows] = e.cpu().numpy()
                 mean_unembedding[rows] = m.cpu().numpy()
-    return CleanScores(windows_fingerprint(windows), ce, neg_entropy, mean_unembedding)
+    return CleanScores(
+        windows_fingerprint(windows),
+        ce,
+        neg_entropy,
+        mean_unembedding,
+        layer if hook_hidden is not None else None,
+        hook_hidden,
+    )
+
+
+def _resumes_exactly(
+    model: Any, layer: int, out: Any, final: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> bool:
+    """Whether running on from block ``layer``'s output ``out`` gives the full pass's
+    ``final`` hidden states (at real positions)."""
+    if not isinstance(out, torch.Tensor):
+        log.info("block %d returns %s, not a tensor: spliced passes run the whole model", layer, type(out).__name__)
+        return False
+    resumed = _final_hidden_from(model, layer, out, ids, mask)
+    real = mask.bool().to(final.device)
+    same = torch.allclose(resumed[real].float(), final[real].float(), rtol=1e-5, atol=1e-5)
+    if not same:
+        log.info("resuming after block %d does not reproduce the model: spliced passes run the whole model", layer)
+    return same
 
 
 @torch.no_grad()
@@ -224,12 +346,19 @@ def window_losses(
 
     spliced_ce, kl = np.zeros(int(offsets[-1])), np.zeros(int(offsets[-1]))
     w = _linear_head(model)
+    resume = clean.hook_hidden is not None and clean.layer == layer
+    starts = _window_rows(windows, bos)
     for batch, ids, mask in _batches(windows, bos, pad, batch_size):
-        handle = decoder_blocks(model)[layer].register_forward_hook(hook)
-        try:
-            h_spliced, target = _predicting(_final_hidden(model, ids, mask), ids, mask)
-        finally:
-            handle.remove()
+        if resume:
+            given = _given_hidden(clean.hook_hidden, starts, batch, tuple(ids.shape), next(model.parameters()))
+            final = _final_hidden_from(model, layer, hook(None, None, given), ids, mask)
+        else:
+            handle = decoder_blocks(model)[layer].register_forward_hook(hook)
+            try:
+                final = _final_hidden(model, ids, mask)
+            finally:
+                handle.remove()
+        h_spliced, target = _predicting(final, ids, mask)
         use_cache = clean.linear and w is not None
         h_clean = None if use_cache else _predicting(_final_hidden(model, ids, mask), ids, mask)[0]
         where = _rows_of(offsets, batch)

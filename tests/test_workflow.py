@@ -412,6 +412,22 @@ def test_cores_beyond_the_machine_are_clamped(local_run: Path) -> None:
     assert "exceeds this machine's" not in result.stdout + result.stderr
 
 
+def test_two_cores_run_two_single_threaded_jobs(local_run: Path) -> None:
+    """On two cores each heavy job gets one torch thread, so two run at once; from four
+    cores up each gets two (README's cost section has the measurement behind this)."""
+    from snakemake.utils import available_cpu_count
+
+    def threads_passed(cores: int) -> set[str]:
+        result = snakemake(
+            local_run, "--configfile", str(local_run / "config.yaml"), "-n", "-p", "--forceall", "--cores", str(cores)
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return set(re.findall(r"--threads (\d+)", result.stdout + result.stderr))
+
+    assert threads_passed(2) == {"1"}
+    assert threads_passed(4) == ({"2"} if available_cpu_count() >= 4 else {"1"})
+
+
 def test_module_edit_reruns_only_its_rules(local_run: Path, tmp_path: Path) -> None:
     """Snakemake does not track imported modules; the code fingerprint in params does."""
     copy = tmp_path / "workflow_copy"

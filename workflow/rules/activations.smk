@@ -50,7 +50,7 @@ rule cache_corpus_activations:
         seed=config["seed"],
         device=DEVICE,
         code=code_version(*activations_module.CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -84,7 +84,7 @@ rule cache_activation_part:
         seed=config["seed"],
         device=DEVICE,
         code=code_version(*activations_module.CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -135,7 +135,7 @@ rule cache_selected_activations:
         seed=config["seed"],
         device=DEVICE,
         code=code_version(*activations_module.CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:

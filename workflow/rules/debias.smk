@@ -53,7 +53,7 @@ rule cache_bios_activations:
         seed=config["seed"],
         device=DEVICE,
         code=code_version(*activations_module.CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -83,7 +83,7 @@ rule train_bios_ssae:
         tilt=DEBIAS["ssae_tilt"],
         device=DEVICE,
         code=code_version(*TRAIN_CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -119,7 +119,7 @@ rule debias:
         seed=config["seed"],
         device=DEVICE,
         code=code_version("debias", "bios", "bootstrap", "sae", "model", "_cli"),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:

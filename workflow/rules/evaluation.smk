@@ -96,7 +96,7 @@ rule eval_baselines:
             "heldout_split",
             "_cli",
         ),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -140,7 +140,7 @@ rule evaluate_sae:
             "heldout_split",
             "_cli",
         ),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:

@@ -32,7 +32,7 @@ rule lineage:
             "lineage", "latent_browser", "latent_contexts", "evaluate", "sae", "model",
             "activation_reader", "tail_concepts", "_cli",
         ),
-    threads: 2
+    threads: JOB_THREADS
     conda:
         ENV
     log:

@@ -24,7 +24,7 @@ rule embed_corpus:
         part="",
         device=DEVICE,
         code=code_version("embed"),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -54,7 +54,7 @@ rule embed_corpus_part:
         part=lambda wc: f"--part {wc.part} {wc.parts}",
         device=DEVICE,
         code=code_version("embed"),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:

@@ -50,7 +50,7 @@ rule cache_candidate_activations:
         seed=config["seed"],
         device=DEVICE,
         code=code_version(*activations_module.CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -80,7 +80,7 @@ rule rerank_tracin:
         budget=RETRIEVAL["token_budget"],
         gsae=GSAE_RUN,
         code=code_version(*tracin_module.CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=0,
     conda:

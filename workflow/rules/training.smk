@@ -88,7 +88,7 @@ rule train_gsae:
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
         code=code_version(*TRAIN_CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
@@ -141,7 +141,7 @@ rule train_ssae:
             else ""
         ),
         code=code_version(*TRAIN_CODE),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
     conda:
