@@ -100,7 +100,7 @@ if workflow.resource_settings.nodes is None and (workflow.resource_settings.core
     workflow.register_resource("_cores", Resource("_cores", MACHINE_CORES))
 # Torch threads per heavy job. On two cores, two 1-thread jobs at once beat one 2-thread job:
 # each job's single-threaded stretches (start-up, loading, I/O) overlap the other's compute
-# (measured in README's cost section). From four cores up each job gets 2 threads, so the
+# (measured: README, "Two commands"). From four cores up each job gets 2 threads, so the
 # number of jobs held in memory at once stays at half the cores.
 _LOCAL_CORES = min(workflow.resource_settings.cores or MACHINE_CORES, MACHINE_CORES)
 JOB_THREADS = 2 if workflow.resource_settings.nodes is not None or _LOCAL_CORES >= 4 else 1
