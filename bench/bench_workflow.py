@@ -24,9 +24,10 @@ same inputs, just before its stage:
   ``evaluate.main`` and must follow them when they change. One setting differs by default:
   ``--loss-tokens`` (512) replaces ``evaluation.loss_tokens`` (tokens scored per set; 4096
   in the default config: ~10 minutes here); ``--loss-tokens 0`` keeps the config's, and is
-  then the rule exactly. Units: scored tokens (both sets). Bare: one full forward pass with
-  the 262k-token unembedding and cross-entropy over the same scored windows in the same
-  batches, plus the SAE's TopK encode of every held-out row of both sets (which the stage
+  then the rule exactly. Units: scored tokens (both sets). Bare: the blocks after the
+  hooked one (from its clean output, computed untimed, as the stage reads it from the clean
+  scores), the 262k-token unembedding and cross-entropy over the same scored windows in
+  the same batches, plus the SAE's TopK encode of every held-out row of both sets (which the stage
   reconstructs). As in the workflow, the stage reuses the clean model's scores of its
   windows, which the once-per-run ``eval_baselines`` job writes; the bench computes them
   for its windows first and prints that time on its own row. Its per-row work (reconstructing every held-out
@@ -80,9 +81,9 @@ from ssae_steps.activation_reader import ActivationShardReader, load_activation_
 from ssae_steps.activations import ActivationConfig, cache_activations, select_documents  # noqa: E402
 from ssae_steps.embed import EmbedderConfig, embed_corpus, load_embedder  # noqa: E402
 from ssae_steps.evaluate import EvaluationConfig, evaluate_baselines, evaluate_sae, load_heldout  # noqa: E402
-from ssae_steps.model import load_model, padded_batch  # noqa: E402
+from ssae_steps.model import load_model, padded_batch, residual_stream  # noqa: E402
 from ssae_steps.sae import SparseAutoencoder, load_sae  # noqa: E402
-from ssae_steps.spliced_loss import save_clean_scores  # noqa: E402
+from ssae_steps.spliced_loss import final_hidden_from, save_clean_scores  # noqa: E402
 from ssae_steps.train_sae import TrainingPlan, effective_lr, input_scale_from, train_sae  # noqa: E402
 
 
@@ -284,20 +285,34 @@ def eval_config(run: Run, loss_tokens: int | None) -> EvaluationConfig:
     return EvaluationConfig.from_dict(params)
 
 
-@torch.no_grad()
-def bare_full_forward(model: Any, tokenizer: Any, windows: list[list[int]], batch_size: int, chunk: int = 128) -> int:
-    """Full forward, unembedding and next-token cross-entropy of ``windows`` (the
-    evaluation's batches: sorted by length, ``batch_size`` at a time); returns tokens scored."""
+def hooked_batches(
+    model: Any, tokenizer: Any, windows: list[list[int]], batch_size: int, layer: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(input_ids, mask, block output)`` of the evaluation's batches (sorted by length,
+    ``batch_size`` at a time): the hooked block's output is what an SAE evaluation reads
+    from the clean scores instead of recomputing it."""
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(windows, key=len)
-    scored = 0
+    out = []
     for start in range(0, len(order), batch_size):
         ids, mask = padded_batch(order[start : start + batch_size], tokenizer.bos_token_id, pad)
         ids, mask = ids.to(device), mask.to(device)
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        out.append((ids, mask, residual_stream(model, ids, mask, layer)))
+    return out
+
+
+@torch.no_grad()
+def bare_forward_after_hook(
+    model: Any, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], layer: int, chunk: int = 128
+) -> int:
+    """The blocks after the hooked one, unembedding and next-token cross-entropy of
+    :func:`hooked_batches`; returns tokens scored."""
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    scored = 0
+    for ids, mask, given in batches:
+        hidden = final_hidden_from(model, layer, given, ids, mask)
         keep = mask[:, 1:].bool()
         rows, targets = hidden[:, :-1][keep], ids[:, 1:][keep]
         for s in range(0, len(rows), chunk):
@@ -309,12 +324,13 @@ def bare_full_forward(model: Any, tokenizer: Any, windows: list[list[int]], batc
     return scored
 
 
-def time_full_forward(run: Run, windows: list[list[int]], batch_size: int) -> tuple[float, int]:
-    """Seconds and tokens of :func:`bare_full_forward` (model loading and a one-window
-    warm-up untimed)."""
+def time_forward_after_hook(run: Run, windows: list[list[int]], batch_size: int) -> tuple[float, int]:
+    """Seconds and tokens of :func:`bare_forward_after_hook` (model loading, the hooked
+    block's outputs and a one-batch warm-up untimed)."""
     model, tokenizer = load_model(run.model_dir, run.device)
-    bare_full_forward(model, tokenizer, windows[:1], 1)  # warm-up
-    return timed(run.device, lambda: bare_full_forward(model, tokenizer, windows, batch_size))
+    batches = hooked_batches(model, tokenizer, windows, batch_size, run.layer)
+    bare_forward_after_hook(model, batches[:1], run.layer)  # warm-up
+    return timed(run.device, lambda: bare_forward_after_hook(model, batches, run.layer))
 
 
 @torch.no_grad()
@@ -330,7 +346,7 @@ def bench_eval(run: Run, tmp: Path, gsae: Path, cfg: EvaluationConfig) -> list[R
     seed = run.config["seed"]
     windows = [ids for name, path in sets.items() for _, ids in load_heldout(path, name, cfg, seed).windows]
     acts = np.concatenate([load_activation_set(path)["activation"] for path in sets.values()])
-    forward_s, scored = time_full_forward(run, windows, cfg.batch_size)
+    forward_s, scored = time_forward_after_hook(run, windows, cfg.batch_size)
     sae = load_sae(gsae).to(run.device)
     encode_s = timed(run.device, lambda: bare_encode(sae, acts))[0]
     (tmp / "eval").mkdir()
@@ -360,10 +376,10 @@ def bench_eval(run: Run, tmp: Path, gsae: Path, cfg: EvaluationConfig) -> list[R
     stage_tokens = sum(s["loss_tokens"] for s in result["sets"].values())
     if stage_tokens != scored:
         print(f"warning: evaluate_sae scored {stage_tokens} tokens, the bare forward {scored}", file=sys.stderr)
-    bare = "full forward + encode"
+    bare = "forward after the hook + encode"
     return [
         Row("evaluate_sae (GSAE)", seconds, stage_tokens, "scored tokens", bare, forward_s + encode_s, scored),
-        Row("  bare: full forward + unembedding", forward_s, scored, "scored tokens", "", forward_s, scored),
+        Row("  bare: blocks after the hook + unembedding", forward_s, scored, "scored tokens", "", forward_s, scored),
         Row("  bare: SAE TopK encode", encode_s, len(acts), "held-out rows", "", encode_s, len(acts)),
         Row("  eval_baselines (once per run)", baselines_s, scored, "scored tokens", "", baselines_s, scored),
     ]

@@ -160,7 +160,7 @@ class _KnownOutput(torch.nn.Module):
         return self.value if self.value is not None else (args[0] if args else kwargs["hidden_states"])
 
 
-def _final_hidden_from(
+def final_hidden_from(
     model: Any, layer: int, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """The final hidden states with block ``layer``'s output set to ``hidden``, running only
@@ -300,7 +300,7 @@ def _resumes_exactly(
     if not isinstance(out, torch.Tensor):
         log.info("block %d returns %s, not a tensor: spliced passes run the whole model", layer, type(out).__name__)
         return False
-    resumed = _final_hidden_from(model, layer, out, ids, mask)
+    resumed = final_hidden_from(model, layer, out, ids, mask)
     real = mask.bool().to(final.device)
     same = torch.allclose(resumed[real].float(), final[real].float(), rtol=1e-5, atol=1e-5)
     if not same:
@@ -351,7 +351,7 @@ def window_losses(
     for batch, ids, mask in _batches(windows, bos, pad, batch_size):
         if resume:
             given = _given_hidden(clean.hook_hidden, starts, batch, tuple(ids.shape), next(model.parameters()))
-            final = _final_hidden_from(model, layer, hook(None, None, given), ids, mask)
+            final = final_hidden_from(model, layer, hook(None, None, given), ids, mask)
         else:
             handle = decoder_blocks(model)[layer].register_forward_hook(hook)
             try:

@@ -414,7 +414,7 @@ def test_cores_beyond_the_machine_are_clamped(local_run: Path) -> None:
 
 def test_two_cores_run_two_single_threaded_jobs(local_run: Path) -> None:
     """On two cores each heavy job gets one torch thread, so two run at once; from four
-    cores up each gets two (README's cost section has the measurement behind this)."""
+    cores up each gets two (README, "Two commands", has the measurement behind this)."""
     from snakemake.utils import available_cpu_count
 
     def threads_passed(cores: int) -> set[str]:
