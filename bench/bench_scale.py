@@ -5,14 +5,16 @@ forward pass does not depend on their values; no download needed):
 
 1. ``forward``: our caching forward pass (``model.residual_stream``: the blocks up to the
    hooked one, no LM head) in tokens/s, per model dtype;
-2. ``host``: what caching does with each batch on the host - the copy to CPU memory and
-   the Parquet shard of float16 activations (``activations._shard_table``, written to
-   local disk) - in tokens/s, and bytes per stored token;
+2. ``host``: what caching does with each batch on the host after the copy to CPU memory -
+   ``ShardWriter`` (statistics, float16 cast, Arrow IPC shards with their BLAKE3, written
+   to local disk) fed float32 rows in forward-batch chunks - in tokens/s, and bytes per
+   stored token;
 3. ``train_step``: our TopK training step (``train_sae._step_losses``, backward, decoder
    gradient projection, Adam, decoder renormalisation) on batches already on the device,
    in tokens/s, per dictionary width;
 4. ``reader``: ``ActivationShardReader`` streaming a float16 set from local disk (shuffled,
-   as training reads it) in tokens/s: the rate a cached-set training run cannot exceed.
+   as training reads it, onto ``--device``: pinned host buffers and asynchronous copies on
+   CUDA) in tokens/s: the rate a cached-set training run cannot exceed.
 
     python bench/bench_scale.py --device cuda --out scale.json
 
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ssae_steps.activations import _shard_table  # noqa: E402
+from ssae_steps.activation_shards import ShardWriter  # noqa: E402
 from ssae_steps.model import residual_stream  # noqa: E402
 from ssae_steps.sae import SparseAutoencoder  # noqa: E402
 from ssae_steps.train_sae import TrainConfig, _optimizer, _step_losses, remove_parallel_decoder_grad  # noqa: E402
@@ -88,26 +90,29 @@ def forward(device: str, hook_layer: int, batch: int, context: int, dtype: str, 
     }
 
 
-def host_shards(d_model: int, rows: int, directory: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    acts = np.random.default_rng(0).standard_normal((rows, d_model)).astype(np.float16)
-    ids = [f"doc-{i // 300}" for i in range(rows)]
-    positions = np.arange(rows, dtype=np.int32) % 300
+def _write_set(d_model: int, rows: int, root: Path, chunk: int = 16 * 1023) -> tuple[Path, float]:
+    """A float16 set of ``rows`` random rows written by ``ShardWriter`` from float32 chunks
+    (as ``cache_activations`` does); its manifest and the seconds the writer took."""
+    rng = np.random.default_rng(1)
+    acts = rng.standard_normal((rows, d_model), dtype=np.float32)
+    ids = [f"doc-{i // 1023}" for i in range(rows)]
+    positions = (np.arange(rows) % 1023).astype(np.int32)
     tokens = np.zeros(rows, dtype=np.int32)
-    path = directory / "shard.parquet"
+    start = time.perf_counter()
+    with ShardWriter(root / "shards", "bench", d_model, "float16", 65536) as writer:
+        for s in range(0, rows, chunk):
+            writer.add(ids[s : s + chunk], positions[s : s + chunk], tokens[s : s + chunk], acts[s : s + chunk])
+        shards = writer.close()
+    seconds = time.perf_counter() - start
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"d_model": d_model, "tokens": rows, "shards": shards, "run_key": "bench"}))
+    return manifest, seconds
 
-    def write() -> None:
-        table = _shard_table(ids, positions, tokens, acts, "bench")
-        pq.write_table(
-            table,
-            path,
-            row_group_size=4096,
-            compression={"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"},
-        )
 
-    seconds = timed(write, "cpu", 3, warmup=1)
-    return {"rows": rows, "tokens_per_second": rows / seconds, "bytes_per_token": path.stat().st_size / rows}
+def host_shards(d_model: int, rows: int, directory: Path) -> dict:
+    manifest, seconds = _write_set(d_model, rows, directory / "host")
+    size = sum(p.stat().st_size for p in (directory / "host" / "shards").glob("*.arrow"))
+    return {"rows": rows, "tokens_per_second": rows / seconds, "bytes_per_token": size / rows}
 
 
 def train_steps(device: str, d_in: int, d_sae: int, k: int, batch: int, steps: int) -> dict:
@@ -136,34 +141,17 @@ def train_steps(device: str, d_in: int, d_sae: int, k: int, batch: int, steps: i
     return {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch, "tokens_per_second": batch / seconds}
 
 
-def reader(d_model: int, rows: int, batch: int, directory: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    from ssae_steps._io import file_sha256
+def reader(d_model: int, rows: int, batch: int, directory: Path, device: str) -> dict:
     from ssae_steps.activation_reader import ActivationShardReader
 
-    shard_dir = directory / "set" / "shards"
-    shard_dir.mkdir(parents=True)
-    shards, per_shard = [], 65536
-    rng = np.random.default_rng(1)
-    for i, start in enumerate(range(0, rows, per_shard)):
-        n = min(per_shard, rows - start)
-        table = _shard_table(
-            [f"doc-{j}" for j in range(n)],
-            np.zeros(n, np.int32),
-            np.zeros(n, np.int32),
-            rng.standard_normal((n, d_model)).astype(np.float16),
-            "bench",
-        )
-        file = shard_dir / f"shard-{i:05d}.parquet"
-        pq.write_table(table, file, row_group_size=4096)
-        shards.append({"file": file.name, "rows": n, "sha256": file_sha256(file)})
-    manifest = directory / "set" / "manifest.json"
-    manifest.write_text(json.dumps({"d_model": d_model, "tokens": rows, "shards": shards, "run_key": "bench"}))
-    stream = ActivationShardReader(manifest, batch, shuffle=True, verify=False)
+    manifest, _ = _write_set(d_model, rows, directory / "set")
     start = time.perf_counter()
-    seen = sum(len(x) for x in stream)
-    return {"rows": seen, "batch": batch, "tokens_per_second": seen / (time.perf_counter() - start)}
+    stream = ActivationShardReader(manifest, batch, shuffle=True, device=device)
+    seen = 0
+    for x in stream:
+        seen += len(x)
+    _sync(device)
+    return {"rows": seen, "batch": batch, "device": device, "tokens_per_second": seen / (time.perf_counter() - start)}
 
 
 def main() -> int:
@@ -190,9 +178,9 @@ def main() -> int:
     ]
     print(json.dumps(result["forward"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        result["host"] = host_shards(d_model, 65536, Path(tmp))
+        result["host"] = host_shards(d_model, 4 * 65536, Path(tmp))
         print(json.dumps(result["host"]), flush=True)
-        result["reader"] = reader(d_model, args.reader_tokens, args.train_batch, Path(tmp))
+        result["reader"] = reader(d_model, args.reader_tokens, args.train_batch, Path(tmp), args.device)
         print(json.dumps(result["reader"]), flush=True)
     result["train_step"] = [
         train_steps(args.device, d_model, w, args.k, args.train_batch, args.repeats * 2) for w in args.widths

@@ -1,119 +1,148 @@
-"""Stream shuffled batches of cached activations with bounded memory, and check cached sets.
+"""Stream shuffled batches of cached activations with bounded memory, and check, share and
+export cached sets.
 
-An activation set is ``manifest.json`` next to ``shards/shard-NNNNN.parquet``; the manifest
-lists each shard's row count and sha256 and the set's ``run_key``, which every shard also
-carries in its schema metadata. Readers verify all of that before use, so a truncated,
-edited or foreign shard stops a stage with one line naming the file:
+An activation set is ``manifest.json`` next to ``shards/shard-NNNNN.arrow`` (Arrow IPC
+files, :mod:`ssae_steps.activation_shards`); the manifest lists each shard's rows, size
+and BLAKE3 digest and the set's ``run_key``, which every shard also carries in its schema
+metadata. Opening a set checks all of that cheaply (hashing only shards whose stamp no
+longer matches), so a truncated, edited, replaced or foreign shard stops a stage with one
+line naming the file; ``verify`` hashes every byte:
 
     python -m ssae_steps.activation_reader verify MANIFEST [MANIFEST ...]
+    python -m ssae_steps.activation_reader export MANIFEST OUT_DIR   # a Parquet copy to share
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
-import json
+import queue
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ssae_steps._config import ConfigError
-from ssae_steps._io import file_sha256
+from ssae_steps._io import atomic_path, write_json
+from ssae_steps.activation_shards import (
+    COLUMNS,
+    HASH,
+    Shard,
+    ShardIntegrityError,
+    ShardWriter,
+    check_set,
+    file_digest,
+    read_manifest,
+)
 
-RUN_KEY = b"ssae.run_key"
-COLUMNS = ["activation", "doc_id", "position", "token_id"]
+OPEN_SHARDS = 256  # memory maps a reader keeps open (one file descriptor each)
 
-
-class ShardIntegrityError(ConfigError):
-    """A cached activation set is unusable: a shard is missing, damaged or from another run."""
-
-
-def _damaged(file: Path, problem: str) -> ShardIntegrityError:
-    return ShardIntegrityError(f"{file}: {problem}; re-run the activation stage")
-
-
-def _check_shard(file: Path, entry: dict[str, Any], run_key: str) -> None:
-    if not file.is_file():
-        raise _damaged(file, "missing")
-    if "sha256" not in entry:
-        raise _damaged(file, "no sha256 in the manifest (written by an older ssae; re-cache)")
-    # The hash comes first so that a truncated file never reaches the Parquet parser.
-    if file_sha256(file) != entry["sha256"]:
-        raise _damaged(file, "checksum mismatch (truncated or modified after caching)")
-    try:
-        with pq.ParquetFile(file) as parquet:
-            rows = parquet.metadata.num_rows
-            key = (parquet.schema_arrow.metadata or {}).get(RUN_KEY, b"").decode()
-    except (pa.ArrowException, OSError) as exc:
-        raise _damaged(file, f"unreadable Parquet ({exc})") from exc
-    if rows != entry["rows"]:
-        raise _damaged(file, f"{rows} rows, the manifest says {entry['rows']}")
-    if key != run_key:
-        raise _damaged(file, f"run key {key!r} is not the manifest's {run_key!r} (a shard of another set)")
+__all__ = [
+    "ActivationShardReader",
+    "ShardIntegrityError",
+    "export_parquet",
+    "load_activation_set",
+    "token_counts",
+    "verify_activation_set",
+    "write_activation_set",
+]
 
 
 def verify_activation_set(manifest: str | Path) -> dict[str, Any]:
-    """Check every shard of a set against its manifest (exists, sha256, row count, run key);
-    raise :class:`ShardIntegrityError` naming the first bad file. Returns
-    ``{"manifest", "shards", "rows", "ok"}``."""
+    """Check every byte of every shard of a set against its manifest (exists, size,
+    digest, row count, run key); raise :class:`ShardIntegrityError` naming the first bad
+    file. Returns ``{"manifest", "shards", "rows", "ok"}``."""
     path = Path(manifest).absolute()
-    try:
-        info = json.loads(path.read_text())
-        run_key, entries, tokens = info.get("run_key"), info["shards"], info["tokens"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ShardIntegrityError(f"{path}: unreadable activation manifest ({exc!r})") from exc
-    if run_key is None:
-        raise ShardIntegrityError(f"{path}: no run_key (written by an older ssae); re-run the activation stage")
-    for entry in entries:
-        _check_shard(path.parent / "shards" / entry["file"], entry, run_key)
-    rows = sum(int(entry["rows"]) for entry in entries)
-    if rows != tokens:
-        raise ShardIntegrityError(f"{path}: shards hold {rows} rows, the manifest says tokens={tokens}")
-    return {"manifest": str(path), "shards": len(entries), "rows": rows, "ok": True}
+    info, _ = check_set(path, full=True)
+    return {"manifest": str(path), "shards": len(info["shards"]), "rows": int(info["tokens"]), "ok": True}
 
 
-def _read(file: Path, columns: list[str], d_model: int, row_group: int | None = None) -> dict[str, np.ndarray]:
-    """Columns of one shard (or one of its row groups) as numpy; ``activation`` is [rows, d_model]."""
-    with pq.ParquetFile(file) as parquet:
-        table = parquet.read(columns) if row_group is None else parquet.read_row_group(row_group, columns)
-    out = {}
-    for name in columns:
-        column = table[name].combine_chunks()
-        if name == "activation":
-            out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), d_model)
-        else:
-            out[name] = column.to_numpy(zero_copy_only=False)
-    return out
+def _gather(segments: list[dict[str, np.ndarray]], offsets: np.ndarray, index: np.ndarray, out: dict) -> None:
+    """``out[c][i]`` = row ``index[i]`` of the buffer (its ``segments`` end to end, starting at
+    ``offsets``), for each column ``c`` of ``out``; a cast to ``out``'s dtype on the way."""
+    which = np.searchsorted(offsets, index, side="right") - 1
+    local = index - offsets[which]
+    for s in np.unique(which):
+        rows = np.flatnonzero(which == s)
+        for name, target in out.items():
+            target[rows] = segments[s][name][local[rows]]
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+class _Prefetch:
+    """Runs a generator on a background thread, ``depth`` items ahead of its consumer;
+    stops it when the consumer stops early, and re-raises its errors."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], depth: int) -> None:
+        self._items = items
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="activation-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self._items.close()  # type: ignore[attr-defined]
 
 
 class ActivationShardReader:
     """Iterate over ``(activations [batch, d_model] float32 tensor)`` - or dicts with
-    ``activation``, ``doc_id``, ``position``, ``token_id`` when ``with_metadata`` - for one
-    epoch per ``iter()``; each new epoch reshuffles. Batches depend only on ``seed`` and
-    ``epoch`` (which the trainer sets, then skips batches, to resume).
+    ``activation`` and the metadata columns (``doc_id``, ``position``, ``token_id``, or
+    those named by ``with_metadata``) - for one epoch per ``iter()``; each new epoch
+    reshuffles. Batches depend only on ``seed`` and ``epoch`` (:meth:`iter_epoch` resumes
+    mid-epoch without reading the skipped batches).
 
-    Each epoch visits every row exactly once. The (shard, row group) pairs of the whole set
-    are permuted with ``default_rng([seed, epoch])`` and read in that order into a buffer of
-    about ``buffer_rows`` rows; a full buffer (plus the remainder carried from the previous
-    one) is permuted and cut into batches, and the rows short of a full batch are carried.
-    At most ``buffer_rows`` + one row group rows are held (``peak_rows``), whatever the
-    set's size. ``shuffle=False`` streams rows in file order.
+    Each epoch visits every row exactly once. The (shard, record batch) pairs of the whole
+    set are permuted with ``default_rng([seed, epoch])`` and taken in that order into a
+    buffer of about ``buffer_rows`` rows; a full buffer (plus the remainder carried from the
+    previous one) is permuted and cut into batches, and the rows short of a full batch are
+    carried. The buffer holds views of the memory-mapped shards, so nothing is decoded or
+    copied until a batch is gathered, and at most ``buffer_rows`` + one record batch rows
+    are referenced (``peak_rows``), whatever the set's size. ``shuffle=False`` streams rows
+    in file order. Batches are prepared on a background thread, ``prefetch`` ahead; with a
+    CUDA ``device`` they are gathered into pinned host memory in the stored dtype, copied
+    asynchronously and converted to float32 on the device. ``reuse_buffers`` (CPU) hands
+    out batches from a small ring of buffers instead of new memory: faster, for a consumer
+    that is done with a batch when it asks for the next one (the trainer).
 
-    How close to a uniform permutation: row groups come in a uniformly random order across
-    all shards, and rows are uniformly permuted within each buffer, so a batch is a uniform
-    sample of the ~``buffer_rows / row group rows`` row groups in its buffer, and those are
-    a uniform sample of all row groups of the set (exactly uniform once ``buffer_rows``
-    covers the set). Since the activation writer stores windows in a seeded random order,
-    each row group is itself a random sample of windows; what remains of the file order is
+    How close to a uniform permutation: record batches come in a uniformly random order
+    across all shards, and rows are uniformly permuted within each buffer, so a batch is a
+    uniform sample of the ~``buffer_rows / 4096`` record batches in its buffer, and those
+    are a uniform sample of all of the set's (exactly uniform once ``buffer_rows`` covers
+    the set). Since the activation writer stores windows in a seeded random order, each
+    record batch is itself a random sample of windows; what remains of the file order is
     that a window's tokens (contiguous rows) come in the same buffer.
     """
 
@@ -124,25 +153,46 @@ class ActivationShardReader:
         shuffle: bool = True,
         seed: int = 0,
         buffer_rows: int = 65_536,
-        with_metadata: bool = False,
+        with_metadata: bool | Sequence[str] = False,
         drop_last: bool = False,
         verify: bool = True,
+        device: str = "cpu",
+        prefetch: int = 2,
+        reuse_buffers: bool = False,
     ) -> None:
         self.manifest_path = Path(manifest)
         if verify:
-            verify_activation_set(self.manifest_path)
-        self.info: dict[str, Any] = json.loads(self.manifest_path.read_text())
-        self.shard_dir = self.manifest_path.parent / "shards"
+            self.info, batch_rows = check_set(self.manifest_path)
+        else:
+            self.info = read_manifest(self.manifest_path)
+            batch_rows = [Shard(self.shard_dir / e["file"]).batch_rows() for e in self.info["shards"]]
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.buffer_rows = max(1, buffer_rows)
-        self.with_metadata = with_metadata
-        self.columns = list(COLUMNS) if with_metadata else ["activation"]
+        if with_metadata is True:
+            self.metadata = [c for c in COLUMNS if c != "activation"]
+        else:
+            self.metadata = list(with_metadata or [])
+        self.with_metadata = bool(self.metadata)
         self.drop_last = drop_last
+        self.device = device
+        self.prefetch = max(1, prefetch)
+        self.reuse_buffers = reuse_buffers
         self.epoch = 0
         self.peak_rows = 0
-        self._row_groups: list[tuple[Path, int]] | None = None
+        self.bytes_read = 0
+        self._open: dict[Path, Shard] = {}
+        # Every (shard file, record batch index, rows) of the set, in file order.
+        self._groups = [
+            (self.shard_dir / entry["file"], b, n)
+            for entry, rows in zip(self.info["shards"], batch_rows, strict=True)
+            for b, n in enumerate(rows)
+        ]
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.manifest_path.parent / "shards"
 
     @property
     def d_model(self) -> int:
@@ -156,46 +206,128 @@ class ActivationShardReader:
         full, rest = divmod(self.tokens, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def _groups(self) -> list[tuple[Path, int]]:
-        """Every (shard file, row group index) of the set, in file order."""
-        if self._row_groups is None:
-            self._row_groups = []
-            for entry in self.info["shards"]:
-                with pq.ParquetFile(self.shard_dir / entry["file"]) as parquet:
-                    count = parquet.metadata.num_row_groups
-                self._row_groups += [(self.shard_dir / entry["file"], i) for i in range(count)]
-        return self._row_groups
-
-    def _emit(self, rows: dict[str, np.ndarray], index: np.ndarray) -> Any:
-        import torch
-
-        act = torch.from_numpy(rows["activation"][index].astype(np.float32))
-        if not self.with_metadata:
-            return act
-        return {"activation": act, **{c: rows[c][index] for c in rows if c != "activation"}}
-
     def __iter__(self) -> Iterator[Any]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        groups = self._groups()
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self.iter_epoch(epoch)
+
+    def iter_epoch(self, epoch: int, skip: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` from batch ``skip`` on (the skipped ones are not read)."""
+        ring = _Ring(self)
+        return self._deliver(_Prefetch(self._batches(epoch, skip, ring), self.prefetch), ring)
+
+    def _batches(self, epoch: int, skip: int, ring: _Ring) -> Iterator[Any]:
+        rng = np.random.default_rng([self.seed, epoch])
+        groups = self._groups
         if self.shuffle:
             groups = [groups[i] for i in rng.permutation(len(groups))]
-        parts: list[dict[str, np.ndarray]] = []
-        held = 0
-        for n, (file, group) in enumerate(groups):
-            parts.append(_read(file, self.columns, self.d_model, group))
-            held += len(parts[-1]["activation"])
+        columns = ["activation", *self.metadata]
+        segments: list[dict[str, np.ndarray]] = []
+        held = emitted = 0
+        for n, (file, batch, rows) in enumerate(groups):
+            segment = self._shard(file).columns(columns, batch)
+            self.bytes_read += segment["activation"].nbytes
+            segments.append(segment)
+            held += rows
             if held < self.buffer_rows and n + 1 < len(groups):
                 continue
-            rows, parts = _concat(parts), []
             self.peak_rows = max(self.peak_rows, held)
+            offsets = np.cumsum([0] + [len(s["activation"]) for s in segments[:-1]])
             order = rng.permutation(held) if self.shuffle else np.arange(held)
             full = held - held % self.batch_size
             for start in range(0, full, self.batch_size):
-                yield self._emit(rows, order[start : start + self.batch_size])
-            parts, held = [{c: v[order[full:]] for c, v in rows.items()}], held - full
-        if held and not self.drop_last:
-            yield self._emit(parts[0], np.arange(held))
+                if emitted >= skip:
+                    yield self._emit(segments, offsets, order[start : start + self.batch_size], ring)
+                emitted += 1
+            rest = order[full:]
+            carried = {c: np.empty((len(rest), *segments[0][c].shape[1:]), segments[0][c].dtype) for c in columns}
+            _gather(segments, offsets, rest, carried)
+            segments, held = [carried], held - full
+        if held and not self.drop_last and emitted >= skip:
+            yield self._emit(segments, np.zeros(1, np.int64), np.arange(held), ring)
+
+    def _shard(self, file: Path) -> Shard:
+        """An open (memory-mapped) shard. The most recently used stay open, so a later epoch
+        finds their pages mapped, within a bound on open files."""
+        shard = self._open.pop(file, None) or Shard(file)
+        self._open[file] = shard
+        while len(self._open) > OPEN_SHARDS:
+            self._open.pop(next(iter(self._open)))
+        return shard
+
+    def _emit(self, segments: list[dict[str, np.ndarray]], offsets: np.ndarray, index: np.ndarray, ring: _Ring) -> Any:
+        out: dict[str, Any] = {c: np.empty(len(index), segments[0][c].dtype) for c in self.metadata}
+        slot, out["activation"] = ring.stage(len(index), segments[0]["activation"].dtype)
+        _gather(segments, offsets, index, out)
+        staged = (slot, len(index))
+        if not self.metadata:
+            return staged
+        return {**out, "activation": staged}
+
+    def _deliver(self, batches: _Prefetch, ring: _Ring) -> Iterator[Any]:
+        """In the consumer's thread: each staged batch as a float32 tensor on the device."""
+        with contextlib.closing(iter(batches)) as items:
+            for batch in items:
+                slot, rows = batch["activation"] if isinstance(batch, dict) else batch
+                act = ring.deliver(slot, rows)
+                yield {**batch, "activation": act} if isinstance(batch, dict) else act
+
+
+class _Ring:
+    """Where batches are assembled. The prefetch thread gathers a batch's rows in the
+    stored dtype into one of ``prefetch + 2`` staging slots (pinned host memory for CUDA);
+    the consumer's thread then converts the slot to float32 in one vectorised pass - on the
+    CPU, or on the GPU after an asynchronous copy - so the two threads share the work (a
+    cast during the gather, or into freshly allocated memory, costs 2-3x more at d_model
+    2304: measured). With at most ``prefetch`` batches queued and one being delivered,
+    ``prefetch + 2`` slots are never overwritten early: the prefetch thread stages batch
+    ``i + prefetch + 2`` only after the consumer asked for batch ``i + 1``, and a slot whose
+    device copy may still run is waited for (its CUDA event).
+
+    CPU outputs are new tensors, or with ``reuse_buffers`` one of two float32 buffers in
+    turn, each valid until the consumer asks for the next batch but one."""
+
+    def __init__(self, reader: ActivationShardReader) -> None:
+        self.rows, self.d_model = reader.batch_size, reader.d_model
+        self.device = reader.device
+        self.cuda = reader.device.startswith("cuda")
+        self.count = reader.prefetch + 2
+        self.reuse = reader.reuse_buffers
+        self.slots: list[Any] = []
+        self.outputs: list[Any] = []
+        self.events: dict[int, Any] = {}
+        self.staged = 0
+        self.delivered = 0
+
+    def stage(self, rows: int, dtype: np.dtype) -> tuple[int, np.ndarray]:
+        """A slot for the next batch and the array to gather its ``rows`` into."""
+        import torch
+
+        slot = self.staged % self.count
+        self.staged += 1
+        if len(self.slots) < self.count:
+            buffer = torch.empty((self.rows, self.d_model), dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+            self.slots.append(buffer.pin_memory() if self.cuda else buffer)
+        if slot in self.events:
+            self.events.pop(slot).synchronize()
+        return slot, self.slots[slot][:rows].numpy()
+
+    def deliver(self, slot: int, rows: int) -> Any:
+        import torch
+
+        staged = self.slots[slot][:rows]
+        if self.cuda:
+            on_device = staged.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.events[slot] = event
+            return on_device.float()
+        if not self.reuse:
+            return staged.float() if staged.dtype != torch.float32 else staged.clone()
+        turn = self.delivered % 2
+        self.delivered += 1
+        if len(self.outputs) < 2:
+            self.outputs.append(torch.empty((self.rows, self.d_model), dtype=torch.float32))
+        return self.outputs[turn][:rows].copy_(staged)
 
 
 def write_activation_set(
@@ -206,11 +338,12 @@ def write_activation_set(
     row_group_rows: int | None = None,
     run_key: str | None = None,
     token_ids: Sequence[int] | np.ndarray | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """Write an in-memory array as an activation set (shards + manifest) that
     :class:`ActivationShardReader` and the trainer read: for activations cached elsewhere
     and for tests. ``doc_id`` is ``doc_ids[row]`` (default ``array``); positions are row
-    numbers; ``row_group_rows`` is the Parquet row group size (default: pyarrow's). The run
+    numbers; ``row_group_rows`` is the record batch size (default: one per shard). The run
     key defaults to a hash of the values, so SAE checkpoints never outlive the data.
     ``token_id`` is ``token_ids[row]`` (default 0)."""
     for name, values in (("doc_ids", doc_ids), ("token_ids", token_ids)):
@@ -225,67 +358,102 @@ def write_activation_set(
         run_key = digest.hexdigest()
     shard_dir = manifest.parent / "shards"
     shard_dir.mkdir(parents=True)
-    shards = []
-    for i, start in enumerate(range(0, len(acts), shard_rows)):
-        part = acts[start : start + shard_rows].astype(np.float32)
-        ids = ["array"] * len(part) if doc_ids is None else list(doc_ids[start : start + shard_rows])
-        table = pa.table(
-            {
-                "doc_id": pa.array(ids, pa.string()),
-                "position": pa.array(np.arange(start, start + len(part)), pa.int32()),
-                "token_id": pa.array(tokens[start : start + len(part)], pa.int32()),
-                "activation": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), acts.shape[1]),
-            }
-        ).replace_schema_metadata({RUN_KEY: run_key.encode()})
-        file = shard_dir / f"shard-{i:05d}.parquet"
-        pq.write_table(table, file, row_group_size=row_group_rows)
-        shards.append({"file": file.name, "rows": len(part), "sha256": file_sha256(file)})
-    manifest.write_text(
-        json.dumps(
-            {
-                "d_model": acts.shape[1],
-                "tokens": len(acts),
-                "shards": shards,
-                "run_key": run_key,
-                "hook_name": "array",
-                "model_dir": "none",
-                "stats": {"norm_mean": float(np.linalg.norm(acts, axis=1).mean()), "mean": acts.mean(0).tolist()},
-            }
-        )
+    ids = ["array"] * len(acts) if doc_ids is None else list(doc_ids)
+    with ShardWriter(
+        shard_dir, run_key, acts.shape[1], dtype, shard_rows, batch_rows=row_group_rows or shard_rows
+    ) as writer:
+        writer.add(ids, np.arange(len(acts)), tokens, acts)
+        shards = writer.close()
+    write_json(
+        manifest,
+        {
+            "d_model": acts.shape[1],
+            "dtype": dtype,
+            "tokens": len(acts),
+            "shards": shards,
+            "run_key": run_key,
+            "hook_name": "array",
+            "model_dir": "none",
+            "stats": {"norm_mean": float(np.linalg.norm(acts, axis=1).mean()), "mean": acts.mean(0).tolist()},
+        },
     )
     return manifest
 
 
 def load_activation_set(manifest: str | Path, max_rows: int | None = None) -> dict[str, np.ndarray]:
-    """A whole (evaluation-sized) verified activation set in file order: ``activation``
+    """A whole (evaluation-sized) checked activation set in file order: ``activation``
     (float32 [rows, d_model]), ``doc_id``, ``position``, ``token_id``."""
-    reader = ActivationShardReader(manifest, batch_size=1, shuffle=False, with_metadata=True)
+    path = Path(manifest)
+    info, _ = check_set(path)
     parts, held = [], 0
-    for entry in reader.info["shards"]:
+    for entry in info["shards"]:
         if max_rows is not None and held >= max_rows:
             break
-        parts.append(_read(reader.shard_dir / entry["file"], COLUMNS, reader.d_model))
+        parts.append(Shard(path.parent / "shards" / entry["file"]).columns(COLUMNS))
         held += len(parts[-1]["activation"])
-    rows = _concat(parts)
+    rows = {c: np.concatenate([p[c] for p in parts]) for c in COLUMNS}
     if max_rows is not None:
         rows = {c: v[:max_rows] for c, v in rows.items()}
-    rows["activation"] = rows["activation"].astype(np.float32, copy=False)
+    rows["activation"] = rows["activation"].astype(np.float32)
     return rows
 
 
 def token_counts(manifest: str | Path) -> np.ndarray:
-    """Occurrences of each token id in a verified activation set (index = token id)."""
-    reader = ActivationShardReader(manifest, batch_size=1, shuffle=False)
-    ids = [_read(reader.shard_dir / s["file"], ["token_id"], reader.d_model)["token_id"] for s in reader.info["shards"]]
+    """Occurrences of each token id in a checked activation set (index = token id)."""
+    path = Path(manifest)
+    info, _ = check_set(path)
+    ids = [Shard(path.parent / "shards" / s["file"]).columns(["token_id"])["token_id"] for s in info["shards"]]
     return np.bincount(np.concatenate(ids))
 
 
+# Activations compress poorly and slowly; the small columns compress well.
+PARQUET_COMPRESSION = {"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"}
+
+
+def export_parquet(manifest: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Write a Parquet copy of a checked set for sharing: ``OUT_DIR/shard-NNNNN.parquet``
+    (same columns and schema metadata, one row group per record batch) and
+    ``OUT_DIR/manifest.json`` (the set's, with the Parquet files' rows, sizes and digests
+    and ``"format": "parquet"``), written last. Memory stays at one record batch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, out = Path(manifest), Path(out_dir)
+    info, _ = check_set(path)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for entry in info["shards"]:
+        target = out / (Path(entry["file"]).stem + ".parquet")
+        reader = pa.ipc.open_file(pa.memory_map(str(path.parent / "shards" / entry["file"]), "r"))
+        with atomic_path(target) as tmp:
+            with pq.ParquetWriter(tmp, reader.schema, compression=PARQUET_COMPRESSION) as writer:
+                for i in range(reader.num_record_batches):
+                    writer.write_batch(reader.get_batch(i))
+        entries.append(
+            {"file": target.name, "rows": entry["rows"], "bytes": target.stat().st_size, HASH: file_digest(target)}
+        )
+    exported = {**info, "shards": entries, "format": "parquet", "exported_from": str(path.absolute())}
+    write_json(out / "manifest.json", exported)
+    return exported
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Check cached activation sets against their manifests.")
+    parser = argparse.ArgumentParser(description="Check cached activation sets, or export one as Parquet.")
     commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser("verify", help="check every shard's presence, sha256, row count and run key")
+    verify = commands.add_parser("verify", help="hash every shard; check sizes, row counts and run keys")
     verify.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    export = commands.add_parser("export", help="write a Parquet copy of a set (shards + manifest) for sharing")
+    export.add_argument("manifest", metavar="MANIFEST")
+    export.add_argument("out_dir", metavar="OUT_DIR")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        try:
+            info = export_parquet(args.manifest, args.out_dir)
+        except ShardIntegrityError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"exported: {args.out_dir} ({len(info['shards'])} Parquet files, {info['tokens']} rows)")
+        return 0
     for manifest in args.manifests:
         try:
             report = verify_activation_set(manifest)

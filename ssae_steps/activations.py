@@ -1,5 +1,6 @@
 """Activation cache: residual-stream activations of the foundation model at the hook
-point, one row per token, in Parquet shards plus a ``manifest.json``.
+point, one row per token, in Arrow IPC shards plus a ``manifest.json``
+(:mod:`ssae_steps.activation_shards` has the format).
 
 Caps keep the corpus mix: documents are taken in a seeded random order until the token
 cap, so a capped set is a uniform sample of its documents (the shipped Wikipedia data is
@@ -10,7 +11,7 @@ the whole uncapped split.
 Documents are cut into windows of at most ``context_length`` tokens (BOS + up to
 ``context_length - 1`` document tokens). Batches hold windows of one length (little
 padding) drawn at random, and are run and written in a seeded random order, so every
-shard - and every Parquet row group of it - is a random sample of the set, while each
+shard - and every record batch of it - is a random sample of the set, while each
 window's rows stay contiguous. The forward pass stops after the hooked block. BOS and pad
 positions are dropped. Row columns: ``doc_id``, ``position`` (token index within its
 document), ``token_id`` and ``activation`` (fixed-size list of ``d_model`` float16/float32).
@@ -19,8 +20,9 @@ Shards are written atomically and carry a run key: a hash of the config, the see
 *content* of the model directory (weights and tokenizer), the code of this stage and the
 selected documents. A rerun after a crash keeps the complete shards of the same run and
 resumes after them (no token is written twice); any other change re-caches. The manifest
-- the one output Snakemake tracks, written last - records each shard's row count and
-SHA-256, which :class:`~ssae_steps.activation_reader.ActivationShardReader` checks.
+- the one output Snakemake tracks, written last - records each shard's row count, size
+and BLAKE3 digest (taken while the shard is written), which
+:class:`~ssae_steps.activation_reader.ActivationShardReader` checks.
 
 Parts (scatter/gather, ``parts`` > 1 in the workflow): a set's shards are split into
 ``parts`` contiguous runs (:func:`part_shards`); job i computes only the batches that hold
@@ -41,7 +43,6 @@ import logging
 import math
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -58,16 +59,11 @@ from ssae_steps._config import (
     run_stage,
     to_mapping,
 )
-from ssae_steps._io import atomic_path, code_fingerprint, file_sha256, remove_stale_temporaries, tree_digest, write_json
+from ssae_steps._io import code_fingerprint, remove_stale_temporaries, tree_digest, write_json
+from ssae_steps.activation_shards import SHARD_PATTERN, RunningStats, Shard, ShardWriter, complete_shards
 
 log = logging.getLogger("ssae.activations")
-SHARD_PATTERN = "shard-{:05d}.parquet"
-# Activations compress poorly and slowly; the small columns compress well.
-SHARD_COMPRESSION = {"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"}
-# Row groups are the reader's unit of random access: small enough that a shuffle buffer
-# mixes many of them from every shard, large enough to read efficiently.
-ROW_GROUP_ROWS = 4096
-CODE = ("activations", "model", "corpus", "text_sources", "_cli")
+CODE = ("activations", "activation_shards", "model", "corpus", "text_sources", "_cli")
 
 
 @dataclass
@@ -81,7 +77,7 @@ class ActivationConfig:
     dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of the activation vectors."""
     shard_tokens: int = 65_536
-    """Rows (tokens) per shard (written in row groups of 4,096 rows, the reader's unit)."""
+    """Rows (tokens) per shard (written in record batches of 4,096 rows, the reader's unit)."""
     max_train_tokens: int | None = 400_000
     """Cap on tokens cached from a training set (whole windows of a seeded uniform sample
     of its documents)."""
@@ -218,80 +214,6 @@ def select_documents(
     return [data["doc_id"][i] for i in keep], [data["text"][i] for i in keep], labels
 
 
-class _RunningStats:
-    def __init__(self, dim: int) -> None:
-        self.n = 0
-        self.sum = np.zeros(dim)
-        self.sumsq = np.zeros(dim)
-        self.norm_sum = 0.0
-        self.norm_sumsq = 0.0
-        self.norm_max = 0.0
-
-    def add(self, x: np.ndarray) -> None:
-        # Called per batch (a few thousand rows): float32 partial sums, float64 totals.
-        x = x.astype(np.float32, copy=False)
-        norms = np.linalg.norm(x, axis=1)
-        self.n += len(x)
-        self.sum += x.sum(0)
-        self.sumsq += np.einsum("ij,ij->j", x, x)
-        self.norm_sum += float(norms.sum())
-        self.norm_sumsq += float((norms * norms).sum())
-        self.norm_max = max(self.norm_max, float(norms.max(initial=0.0)))
-
-    def raw(self) -> dict[str, Any]:
-        """The sums, for merging the statistics of parts (:meth:`merged`)."""
-        return {
-            "n": self.n,
-            "sum": self.sum.tolist(),
-            "sumsq": self.sumsq.tolist(),
-            "norm_sum": self.norm_sum,
-            "norm_sumsq": self.norm_sumsq,
-            "norm_max": self.norm_max,
-        }
-
-    @classmethod
-    def merged(cls, raws: list[dict[str, Any]]) -> _RunningStats:
-        out = cls(len(raws[0]["sum"]))
-        for raw in raws:
-            out.n += raw["n"]
-            out.sum += np.asarray(raw["sum"])
-            out.sumsq += np.asarray(raw["sumsq"])
-            out.norm_sum += raw["norm_sum"]
-            out.norm_sumsq += raw["norm_sumsq"]
-            out.norm_max = max(out.norm_max, raw["norm_max"])
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        mean = self.sum / max(self.n, 1)
-        var = np.maximum(self.sumsq / max(self.n, 1) - mean * mean, 0.0)
-        norm_mean = self.norm_sum / max(self.n, 1)
-        return {
-            "mean": mean.tolist(),
-            "std": np.sqrt(var).tolist(),
-            "norm_mean": norm_mean,
-            "norm_std": math.sqrt(max(self.norm_sumsq / max(self.n, 1) - norm_mean**2, 0.0)),
-            "norm_max": self.norm_max,
-            # Total variance sum_i Var(x_i): the FVU denominator per token.
-            "total_variance": float(var.sum()),
-        }
-
-
-def _shard_table(doc_ids: list[str], positions: np.ndarray, tokens: np.ndarray, acts: np.ndarray, run_key: str) -> Any:
-    import pyarrow as pa
-
-    dim = acts.shape[1]
-    activation = pa.FixedSizeListArray.from_arrays(pa.array(acts.reshape(-1)), dim)
-    table = pa.table(
-        {
-            "doc_id": pa.array(doc_ids, pa.string()),
-            "position": pa.array(positions, pa.int32()),
-            "token_id": pa.array(tokens, pa.int32()),
-            "activation": activation,
-        }
-    )
-    return table.replace_schema_metadata({"ssae.run_key": run_key})
-
-
 def _forward_batch(
     model: Any, batch: list[Window], doc_ids: list[str], bos: int | None, pad: int, layer: int
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -316,29 +238,6 @@ def part_shards(total_rows: int, shard_tokens: int, part: int, parts: int) -> tu
     return part_range(math.ceil(total_rows / shard_tokens), part, parts, "activations.parts")
 
 
-def _complete_shards(shard_dir: Path, run_key: str, shard_tokens: int, first: int = 0, last: int | None = None) -> int:
-    """Number of full shards from ``first`` on written by this same run; clears the rest
-    of ``[first, last)`` (a part never touches another part's shards)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    count = 0
-    while (last is None or first + count < last) and (path := shard_dir / SHARD_PATTERN.format(first + count)).exists():
-        try:
-            meta = pq.read_metadata(path)
-        except (pa.ArrowException, OSError):
-            break  # a damaged shard (the reader's error says to re-run this stage): re-cache from here
-        key = (meta.schema.to_arrow_schema().metadata or {}).get(b"ssae.run_key", b"").decode()
-        if key != run_key or meta.num_rows != shard_tokens:
-            break
-        count += 1
-    for stale in shard_dir.glob("shard-*.parquet"):
-        index = int(stale.stem.split("-")[1])
-        if index >= first + count and (last is None or index < last):
-            stale.unlink()
-    return count
-
-
 def cache_activations(
     cfg: ActivationConfig,
     model_dir: str | Path,
@@ -355,7 +254,6 @@ def cache_activations(
     ``seed`` fixes the document sample under the cap and the write order. ``part = (i,
     n)``: write only part i of n of the shards (into ``manifest``'s grandparent's
     ``shards/``; ``manifest`` is then the part's, e.g. ``SET/parts/0-of-2.json``)."""
-    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from ssae_steps.model import load_model
@@ -381,60 +279,17 @@ def cache_activations(
     run_key = hashlib.sha1(key_src.encode()).hexdigest()
     total_rows = sum(len(w.ids) for w in windows)
     first, last = part_shards(total_rows, cfg.shard_tokens, *part) if part else (0, None)
-    done = _complete_shards(shard_dir, run_key, cfg.shard_tokens, first, last)
+    kept = complete_shards(shard_dir, run_key, cfg.shard_tokens, first, last)
+    done = len(kept)
     skip = (first + done) * cfg.shard_tokens
     stop = total_rows if last is None else min(total_rows, last * cfg.shard_tokens)
     if done:
         log.info("resuming after %d complete shards (%d tokens)", done, done * cfg.shard_tokens)
 
-    stats = _RunningStats(dim)
-    for i in range(first, first + done):
-        column = pq.read_table(shard_dir / SHARD_PATTERN.format(i), columns=["activation"])["activation"]
-        values = column.combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-        for start in range(0, len(values), 4096):
-            stats.add(values[start : start + 4096])
     store = np.float16 if cfg.dtype == "float16" else np.float32
     bos = tokenizer.bos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    buffer: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = []
-    buffered = 0
-    shard_index = first + done
     emitted = 0
-    shards = [
-        {
-            "file": SHARD_PATTERN.format(i),
-            "rows": cfg.shard_tokens,
-            "sha256": file_sha256(shard_dir / SHARD_PATTERN.format(i)),
-        }
-        for i in range(first, first + done)
-    ]
-    # Shards are written by one background thread (Arrow releases the GIL) while the next
-    # batches run; at most one write is in flight, bounding memory.
-    writer = ThreadPoolExecutor(max_workers=1)
-    pending: list[Future[None]] = []
-
-    def write_shard(path: Path, table: Any, entry: dict[str, Any]) -> None:
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, compression=SHARD_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
-            entry["sha256"] = file_sha256(tmp)
-
-    def flush(final: bool) -> None:
-        nonlocal buffer, buffered, shard_index
-        while buffered >= cfg.shard_tokens or (final and buffered):
-            ids = [d for b in buffer for d in b[0]]
-            pos, tok, act = (np.concatenate([b[k] for b in buffer]) for k in (1, 2, 3))
-            n = min(cfg.shard_tokens, buffered)
-            name = SHARD_PATTERN.format(shard_index)
-            while pending:
-                pending.pop().result()
-            table = _shard_table(ids[:n], pos[:n], tok[:n], act[:n], run_key)
-            entry: dict[str, Any] = {"file": name, "rows": n}
-            pending.append(writer.submit(write_shard, shard_dir / name, table, entry))
-            shards.append(entry)
-            shard_index += 1
-            buffer = [(ids[n:], pos[n:], tok[n:], act[n:])] if buffered > n else []
-            buffered -= n
-
     progress = tqdm(
         batches_in_random_order(windows, cfg.batch_size, seed),
         desc="forward",
@@ -442,7 +297,11 @@ def cache_activations(
         file=sys.stderr,
         mininterval=5,
     )
-    try:
+    with ShardWriter(shard_dir, run_key, dim, cfg.dtype, cfg.shard_tokens, first_index=first + done) as writer:
+        for entry in kept:
+            values = Shard(shard_dir / entry["file"]).columns(["activation"])["activation"]
+            for start in range(0, len(values), 4096):
+                writer.stats.add(values[start : start + 4096])
         for batch in progress:
             if emitted >= stop:
                 break  # the rest belongs to later parts
@@ -455,22 +314,14 @@ def cache_activations(
             keep = min(rows, stop - emitted)  # rows past this part's last shard: the next part's
             emitted += rows
             ids, pos, tok, acts = ids[:keep], pos[:keep], tok[:keep], acts[:keep]
-            rows = keep
             largest = float(np.abs(acts).max())
             if not math.isfinite(largest):
                 raise FloatingPointError("non-finite activations from the model; check the model dtype")
             if store is np.float16 and largest > np.finfo(np.float16).max:
                 raise ConfigError("activations.dtype: float16 overflows on this model's activations; use float32")
-            stats.add(acts[drop:])
-            buffer.append((ids[drop:], pos[drop:], tok[drop:], acts[drop:].astype(store)))
-            buffered += rows - drop
-            flush(final=False)
-        flush(final=True)
-        while pending:
-            pending.pop().result()
-    finally:
-        # On a crash, let the write in flight finish: a shard is complete or absent.
-        writer.shutdown(wait=True)
+            writer.add(ids[drop:], pos[drop:], tok[drop:], acts[drop:])
+        shards = kept + writer.close()
+    stats = writer.stats
 
     total = sum(s["rows"] for s in shards)
     window_tokens = collections.Counter()
@@ -540,7 +391,7 @@ def gather_parts(part_manifests: list[str | Path], manifest: str | Path) -> dict
     info = {k: v for k, v in parts[0].items() if k not in ("part", "parts", "shard_range", "raw_stats")}
     info["shards"] = [s for m in parts for s in m["shards"]]
     info["tokens"] = sum(s["rows"] for s in info["shards"])
-    info["stats"] = _RunningStats.merged([m["raw_stats"] for m in parts]).summary()
+    info["stats"] = RunningStats.merged([m["raw_stats"] for m in parts]).summary()
     info["seconds"] = round(sum(m["seconds"] for m in parts), 2)
     info["tokens_per_second"] = round(info["tokens"] / max(info["seconds"], 1e-9), 1)
     info["gathered_parts"] = n

@@ -251,7 +251,7 @@ def load_biographies(cfg: BiosConfig) -> list[dict[str, str]]:
         else:
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return _labelled(records, cfg, f"file {path}")
-    import datasets  # the `hub` extra
+    import datasets
 
     return _labelled(list(datasets.load_dataset(cfg.name, split=cfg.split)), cfg, f"dataset {cfg.name}")
 

@@ -192,10 +192,8 @@ def read_txt(cfg: SourceConfig, where: str) -> Iterator[Record]:
 
 
 def read_hf_dataset(cfg: SourceConfig, where: str) -> Iterator[Record]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ConfigError(f"{where}: hf_dataset needs `pip install datasets`") from exc
+    import datasets  # a dependency (the activation shards open with it too)
+
     dataset = datasets.load_dataset(cfg.name, cfg.subset, split=cfg.split, streaming=True)
     for row in dataset:
         if cfg.text_field not in row:

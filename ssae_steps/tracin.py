@@ -56,7 +56,7 @@ from ssae_steps.activation_reader import ActivationShardReader
 from ssae_steps.sae import SparseAutoencoder, load_sae
 
 log = logging.getLogger("ssae.tracin")
-CODE = ("tracin", "retrieve", "sae", "activation_reader")
+CODE = ("tracin", "retrieve", "sae", "activation_reader", "activation_shards")
 BASES = ("dense", "bm25")
 
 

@@ -501,7 +501,7 @@ def _step_losses(
     return loss, stats, fired
 
 
-CODE = ("train_sae", "sae", "activation_reader", "_cli")
+CODE = ("train_sae", "sae", "activation_reader", "activation_shards", "_cli")
 
 
 def _run_key(
@@ -590,7 +590,13 @@ def train_sae(
     # The same batches either way: metadata columns are read beside the activations.
     tail_ids = None if tail_tokens is None else np.asarray(sorted(set(tail_tokens)), dtype=np.int64)
     reader = ActivationShardReader(
-        manifest_path, cfg.batch_size, seed=cfg.seed, drop_last=True, with_metadata=tail_ids is not None
+        manifest_path,
+        cfg.batch_size,
+        seed=cfg.seed,
+        drop_last=True,
+        with_metadata=("token_id",) if tail_ids is not None else False,
+        device=device,
+        reuse_buffers=True,  # each batch is used by one step, before the next is asked for
     )
     if len(reader) == 0:
         raise ConfigError(
@@ -619,14 +625,10 @@ def train_sae(
     started = time.time()
     progress = tqdm(total=total_steps, initial=step, desc=f"train {cfg.init} t={cfg.tilt:g}", unit="step")
     while step < total_steps:
-        reader.epoch = step // len(reader)
-        skip = step % len(reader)
-        for i, batch in enumerate(reader):
-            if i < skip:
-                continue
+        for batch in reader.iter_epoch(step // len(reader), skip=step % len(reader)):
             x, tail = batch, None
             if tail_ids is not None:
-                x, tail = batch["activation"], torch.from_numpy(np.isin(batch["token_id"], tail_ids))
+                x, tail = batch["activation"], torch.from_numpy(np.isin(batch["token_id"], tail_ids)).to(device)
             loss, stats, fired = _step_losses(sae, x.to(device, non_blocking=True), cfg, tokens_since_fired, tail)
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"non-finite loss at step {step}: {stats}")

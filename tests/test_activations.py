@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 import torch
 
@@ -43,9 +43,14 @@ def _cfg(**kw) -> ActivationConfig:
     return ActivationConfig.from_dict({**base, **kw})
 
 
+def _shard_frame(path: Path) -> pd.DataFrame:
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all().to_pandas()
+
+
 def _rows(manifest: Path) -> pd.DataFrame:
     info = json.loads(manifest.read_text())
-    frames = [pq.read_table(manifest.parent / "shards" / s["file"]).to_pandas() for s in info["shards"]]
+    frames = [_shard_frame(manifest.parent / "shards" / s["file"]) for s in info["shards"]]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -140,7 +145,7 @@ def test_resume_after_crash_keeps_shards_and_writes_no_duplicates(
     with pytest.raises(KeyboardInterrupt):
         cache_activations(_cfg(shard_tokens=300), tiny_model_dir, LAYER, corpus, "train", manifest)
     assert not manifest.exists()
-    kept = sorted((manifest.parent / "shards").glob("shard-*.parquet"))
+    kept = sorted((manifest.parent / "shards").glob("shard-*.arrow"))
     assert kept and not list((manifest.parent / "shards").glob(".*"))
     mtimes = {p.name: p.stat().st_mtime_ns for p in kept}
 
@@ -213,7 +218,7 @@ def test_manifest_reports_mix_and_shards_mix_topics(tiny_model_dir: Path, small_
     for shares in (info["mix"]["documents"]["topic"], info["split_mix"]["characters"]["topic"]):
         assert sum(shares.values()) == pytest.approx(1.0, abs=1e-4)
     docs = pd.read_parquet(table).set_index("doc_id")
-    first = pq.read_table(tmp_path / "shards" / info["shards"][0]["file"]).to_pandas()
+    first = _shard_frame(tmp_path / "shards" / info["shards"][0]["file"])
     assert set(docs.loc[first["doc_id"].unique(), "topic"]) == {"Physical sciences", "History", "Arts"}
     # Windows stay contiguous: within a shard a document's positions of one window follow each other.
     for _, rows in first.groupby("doc_id", sort=False):
@@ -308,7 +313,7 @@ def test_a_killed_part_resumes_its_own_shards(
     monkeypatch.setattr(model_module, "residual_stream", crashing)
     with pytest.raises(KeyboardInterrupt):
         cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", part, part=(1, 2))
-    kept = sorted((tmp_path / "set" / "shards").glob("shard-*.parquet"))
+    kept = sorted((tmp_path / "set" / "shards").glob("shard-*.arrow"))
     assert kept and not part.exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in kept}
     monkeypatch.setattr(model_module, "residual_stream", real)

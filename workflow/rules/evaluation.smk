@@ -62,7 +62,7 @@ rule tail_concepts:
         types="results/eval/token_types.csv",
     params:
         cfg=as_json(EVAL["tail"]),
-        code=code_version("tail_concepts", "activation_reader"),
+        code=code_version("tail_concepts", "activation_reader", "activation_shards"),
     conda:
         ENV
     log:
@@ -92,6 +92,7 @@ rule eval_baselines:
             "model",
             "tail_concepts",
             "activation_reader",
+            "activation_shards",
             "bootstrap",
             "heldout_split",
             "_cli",
@@ -136,6 +137,7 @@ rule evaluate_sae:
             "model",
             "tail_concepts",
             "activation_reader",
+            "activation_shards",
             "bootstrap",
             "heldout_split",
             "_cli",
@@ -211,7 +213,9 @@ rule top_latents:
     params:
         cfg=as_json(SHOW_KEYS),
         ssae=lambda wc: f"{main_ssae_dir()}/sae",
-        code=code_version("latent_contexts", "sae", "activation_reader", "evaluate", "_cli", "tail_concepts"),
+        code=code_version(
+            "latent_contexts", "sae", "activation_reader", "activation_shards", "evaluate", "_cli", "tail_concepts"
+        ),
     conda:
         ENV
     log:

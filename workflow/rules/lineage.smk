@@ -30,7 +30,7 @@ rule lineage:
         detect_f1=config["evaluation"]["tail"]["detection_f1"],
         code=code_version(
             "lineage", "latent_browser", "latent_contexts", "evaluate", "sae", "model",
-            "activation_reader", "tail_concepts", "_cli",
+            "activation_reader", "activation_shards", "tail_concepts", "_cli",
         ),
     threads: JOB_THREADS
     conda:
