@@ -113,8 +113,10 @@ class _Prefetch:
                 yield item
         finally:
             self._stop.set()
-            self._thread.join()
-            self._items.close()  # type: ignore[attr-defined]
+            # Finalised from the producer thread itself (cyclic GC) or at exit: never join.
+            if threading.current_thread() is not self._thread and not sys.is_finalizing():
+                self._thread.join()
+                self._items.close()  # type: ignore[attr-defined]
 
 
 class ActivationShardReader:
@@ -173,7 +175,7 @@ class ActivationShardReader:
         if with_metadata is True:
             self.metadata = [c for c in COLUMNS if c != "activation"]
         else:
-            self.metadata = list(with_metadata or [])
+            self.metadata = [with_metadata] if isinstance(with_metadata, str) else list(with_metadata or [])
         self.with_metadata = bool(self.metadata)
         self.drop_last = drop_last
         self.device = device
@@ -183,6 +185,7 @@ class ActivationShardReader:
         self.peak_rows = 0
         self.bytes_read = 0
         self._open: dict[Path, Shard] = {}
+        self._open_lock = threading.Lock()
         # Every (shard file, record batch index, rows) of the set, in file order.
         self._groups = [
             (self.shard_dir / entry["file"], b, n)
@@ -211,9 +214,18 @@ class ActivationShardReader:
         return self.iter_epoch(epoch)
 
     def iter_epoch(self, epoch: int, skip: int = 0) -> Iterator[Any]:
-        """The batches of ``epoch`` from batch ``skip`` on (the skipped ones are not read)."""
+        """The batches of ``epoch`` from batch ``skip`` on (the skipped ones are not read).
+        The prefetch thread starts with the first batch asked for."""
         ring = _Ring(self)
-        return self._deliver(_Prefetch(self._batches(epoch, skip, ring), self.prefetch), ring)
+        with contextlib.closing(iter(_Prefetch(self._batches(epoch, skip, ring), self.prefetch))) as items:
+            for batch in items:
+                slot, rows = batch["activation"] if isinstance(batch, dict) else batch
+                act = ring.deliver(slot, rows)  # in the consumer's thread
+                yield (
+                    {"activation": act, **{c: v for c, v in batch.items() if c != "activation"}}
+                    if isinstance(batch, dict)
+                    else act
+                )
 
     def _batches(self, epoch: int, skip: int, ring: _Ring) -> Iterator[Any]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -248,11 +260,12 @@ class ActivationShardReader:
     def _shard(self, file: Path) -> Shard:
         """An open (memory-mapped) shard. The most recently used stay open, so a later epoch
         finds their pages mapped, within a bound on open files."""
-        shard = self._open.pop(file, None) or Shard(file)
-        self._open[file] = shard
-        while len(self._open) > OPEN_SHARDS:
-            self._open.pop(next(iter(self._open)))
-        return shard
+        with self._open_lock:  # two epochs may be iterated at once
+            shard = self._open.pop(file, None) or Shard(file)
+            self._open[file] = shard
+            while len(self._open) > OPEN_SHARDS:
+                self._open.pop(next(iter(self._open)))
+            return shard
 
     def _emit(self, segments: list[dict[str, np.ndarray]], offsets: np.ndarray, index: np.ndarray, ring: _Ring) -> Any:
         out: dict[str, Any] = {c: np.empty(len(index), segments[0][c].dtype) for c in self.metadata}
@@ -262,14 +275,6 @@ class ActivationShardReader:
         if not self.metadata:
             return staged
         return {**out, "activation": staged}
-
-    def _deliver(self, batches: _Prefetch, ring: _Ring) -> Iterator[Any]:
-        """In the consumer's thread: each staged batch as a float32 tensor on the device."""
-        with contextlib.closing(iter(batches)) as items:
-            for batch in items:
-                slot, rows = batch["activation"] if isinstance(batch, dict) else batch
-                act = ring.deliver(slot, rows)
-                yield {**batch, "activation": act} if isinstance(batch, dict) else act
 
 
 class _Ring:
@@ -318,7 +323,7 @@ class _Ring:
         if self.cuda:
             on_device = staged.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(on_device.device))  # the stream that copies
             self.events[slot] = event
             return on_device.float()
         if not self.reuse:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -106,12 +107,16 @@ def stamp_path(shard: Path) -> Path:
     return shard.with_name(shard.name + STAMP_SUFFIX)
 
 
-def write_stamp(shard: Path, digest: str) -> None:
-    """Record that ``shard``, as it is now on disk, has ``digest``. Best effort: a set on a
-    read-only disk is simply hashed again by its next reader."""
+def write_stamp(shard: Path, digest: str, hashed: dict[str, int] | None = None) -> None:
+    """Record that ``shard``, as it is now on disk, has ``digest``; ``hashed``: its stat
+    when the hash began - if the file changed since, nothing is stamped. Best effort: a set
+    on a read-only disk is simply hashed again by its next reader."""
     try:
+        now = _stat_stamp(shard)
+        if hashed is not None and hashed != now:
+            return
         with atomic_path(stamp_path(shard)) as tmp:
-            tmp.write_text(json.dumps({HASH: digest, **_stat_stamp(shard)}))
+            tmp.write_text(json.dumps({HASH: digest, **now}))
     except OSError:
         pass
 
@@ -167,7 +172,7 @@ class RunningStats:
         # Called per batch (a few thousand rows): float32 partial sums, float64 totals. The
         # norms are numpy.linalg.norm's own arithmetic (sqrt of the row sums of x * x), so the
         # mean and norm_mean the trainer starts from are the same bits as ever.
-        x = x.astype(np.float32, copy=False)
+        x = np.ascontiguousarray(x, dtype=np.float32)  # row sums in numpy.linalg.norm's order
         if self._square is None or self._square.shape[0] < len(x) or self._square.shape[1] != x.shape[1]:
             self._square = np.empty(x.shape, np.float32)
         square = np.multiply(x, x, out=self._square[: len(x)])
@@ -391,9 +396,10 @@ def check_shard(file: Path, entry: dict[str, Any], run_key: str, full: bool = Fa
         raise damaged(file, f"{size} bytes, the manifest says {entry['bytes']} (truncated or replaced)")
     if full or not stamp_matches(file, entry[HASH]):
         # Before the Arrow parser sees it: a damaged file is named by its checksum.
+        before = _stat_stamp(file)
         if file_digest(file) != entry[HASH]:
             raise damaged(file, "checksum mismatch (modified or replaced after caching)")
-        write_stamp(file, entry[HASH])
+        write_stamp(file, entry[HASH], hashed=before)
     shard = Shard(file)
     rows = shard.batch_rows()
     if sum(rows) != entry["rows"]:
@@ -446,7 +452,7 @@ def complete_shards(shard_dir: Path, run_key: str, shard_rows: int, first: int =
         kept.append({"file": path.name, "rows": shard_rows, "bytes": stamp["bytes"], HASH: stamp[HASH]})
     end = first + len(kept)
     for stale in list(shard_dir.glob(SHARD_GLOB)) + list(shard_dir.glob(SHARD_GLOB + STAMP_SUFFIX)):
-        index = int(stale.name.split(".")[0].split("-")[1])
-        if index >= end and (last is None or index < last):
+        match = re.fullmatch(r"shard-(\d+)\.arrow(?:\.verified)?", stale.name)
+        if match and int(match[1]) >= end and (last is None or int(match[1]) < last):
             stale.unlink()
     return kept

@@ -303,6 +303,9 @@ def test_batches_are_prepared_ahead_and_an_early_stop_ends_the_thread(tmp_path: 
     assert len(tail) == len(whole) - 40 and all(np.array_equal(a, b) for a, b in zip(whole[40:], tail, strict=True))
 
     before = threading.active_count()
+    unstarted = iter(reader)  # asked for no batch: no thread yet
+    assert threading.active_count() == before
+    del unstarted
     for i, _ in enumerate(reader):
         if i == 2:
             break
