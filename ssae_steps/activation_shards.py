@@ -37,7 +37,6 @@ from ssae_steps._config import ConfigError
 from ssae_steps._io import atomic_path
 
 SHARD_PATTERN = "shard-{:05d}.arrow"
-SHARD_GLOB = "shard-*.arrow"
 STAMP_SUFFIX = ".verified"
 RUN_KEY = b"ssae.run_key"
 HASH = "blake3"
@@ -435,8 +434,9 @@ def check_set(manifest: str | Path, full: bool = False) -> tuple[dict[str, Any],
 
 def complete_shards(shard_dir: Path, run_key: str, shard_rows: int, first: int = 0, last: int | None = None) -> list:
     """Manifest entries of the full shards from ``first`` on written by this same run
-    (resume after a kill); clears the rest of ``[first, last)`` (a part never touches
-    another part's shards). A shard is kept only when its stamp vouches for its bytes."""
+    (resume after a kill); clears the rest of ``[first, last)`` and any old Parquet shard
+    in it (a part never touches another part's shards). A shard is kept only when its
+    stamp vouches for its bytes."""
     kept: list[dict[str, Any]] = []
     while last is None or first + len(kept) < last:
         path = shard_dir / SHARD_PATTERN.format(first + len(kept))
@@ -451,8 +451,11 @@ def complete_shards(shard_dir: Path, run_key: str, shard_rows: int, first: int =
             break
         kept.append({"file": path.name, "rows": shard_rows, "bytes": stamp["bytes"], HASH: stamp[HASH]})
     end = first + len(kept)
-    for stale in list(shard_dir.glob(SHARD_GLOB)) + list(shard_dir.glob(SHARD_GLOB + STAMP_SUFFIX)):
-        match = re.fullmatch(r"shard-(\d+)\.arrow(?:\.verified)?", stale.name)
-        if match and int(match[1]) >= end and (last is None or int(match[1]) < last):
+    for stale in shard_dir.glob("shard-*"):
+        match = re.fullmatch(r"shard-(\d+)\.(arrow|arrow\.verified|parquet)", stale.name)
+        if not match or int(match[1]) < first or (last is not None and int(match[1]) >= last):
+            continue
+        # Parquet shards of an ssae before the Arrow format are never read: a set's worth of disk.
+        if int(match[1]) >= end or match[2] == "parquet":
             stale.unlink()
     return kept

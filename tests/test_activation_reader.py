@@ -358,3 +358,58 @@ def test_the_vectorised_float16_cast_is_numpys_cast_bit_for_bit() -> None:
         target = np.empty(values.shape, np.float16)
         _cast_into(target, values)
         assert np.array_equal(target.view(np.uint16), values.astype(np.float16).view(np.uint16))
+
+
+def test_batches_are_the_parquet_readers_batches(tmp_path: Path) -> None:
+    """The same rows cached by the previous Parquet writer (kept in bench/ for the store
+    benchmark) and by today's writer give the same shuffled batches, value for value and
+    in the same order: the format change cannot change an SAE trained from a cache."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import legacy_parquet_store as legacy
+
+    from ssae_steps.activation_shards import ShardWriter
+
+    rng = np.random.default_rng(9)
+    rows, d_model, shard_rows = 20_000, 16, 6_000  # 4 shards, row groups / record batches of 4096
+    acts = rng.standard_normal((rows, d_model)).astype(np.float32)
+    ids, pos, tok = [f"d{i // 50}" for i in range(rows)], np.arange(rows) % 50, rng.integers(0, 99, rows)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old_writer = legacy.LegacyShardWriter(old / "shards", "k", d_model, shard_rows)
+    with ShardWriter(new / "shards", "k", d_model, "float16", shard_rows) as new_writer:
+        for start in range(0, rows, 1_500):
+            chunk = slice(start, start + 1_500)
+            old_writer.add(ids[chunk], pos[chunk], tok[chunk], acts[chunk])
+            new_writer.add(ids[chunk], pos[chunk], tok[chunk], acts[chunk])
+        entries = new_writer.close()
+    (old / "manifest.json").write_text(
+        json.dumps({"d_model": d_model, "tokens": rows, "shards": old_writer.close(), "run_key": "k"})
+    )
+    (new / "manifest.json").write_text(
+        json.dumps({"d_model": d_model, "tokens": rows, "shards": entries, "run_key": "k", "dtype": "float16"})
+    )
+    for seed in (0, 5):
+        before = [b.numpy() for b in legacy.legacy_epoch(old / "manifest.json", 512, seed=seed, buffer_rows=9_000)]
+        after = ActivationShardReader(new / "manifest.json", 512, seed=seed, buffer_rows=9_000)
+        now = [b.numpy() for b in after]
+        assert len(now) == len(before) and all(np.array_equal(a, b) for a, b in zip(before, now, strict=True))
+
+
+def test_recaching_clears_this_range_of_stale_shards_stamps_and_parquet_leftovers(tmp_path: Path) -> None:
+    """What a re-cache of shards [0, 2) starts from: the complete shards of the same run are
+    kept; a shard of another run, its stamp and an older ssae's Parquet shard in the range
+    are removed; another part's files (index 2 on) are left alone."""
+    from ssae_steps.activation_shards import complete_shards
+
+    manifest = write_activation_set(np.ones((40, D_MODEL), np.float32), tmp_path / "m.json", shard_rows=10, run_key="a")
+    shards = tmp_path / "shards"
+    (shards / "shard-00001.parquet").write_bytes(b"old format")
+    (shards / "shard-00002.parquet").write_bytes(b"another part's")
+    kept = complete_shards(shards, "a", 10, first=0, last=2)
+    assert [e["file"] for e in kept] == ["shard-00000.arrow", "shard-00001.arrow"]
+    assert not (shards / "shard-00001.parquet").exists() and (shards / "shard-00002.parquet").exists()
+    assert complete_shards(shards, "b", 10, first=0, last=2) == []  # another run: nothing kept
+    left = sorted(p.name for p in shards.iterdir())
+    assert left[:3] == ["shard-00002.arrow", "shard-00002.arrow.verified", "shard-00002.parquet"]
+    assert json.loads(manifest.read_text())["tokens"] == 40
