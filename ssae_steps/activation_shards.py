@@ -7,9 +7,9 @@ of ``d_model`` float16/float32); the set's run key is in the schema metadata. Re
 column is a view of the mapped file: no value is decoded. A shard opens with pyarrow
 alone (``pa.ipc.open_file``) and with Hugging Face ``datasets`` (``Dataset.from_file``).
 
-Integrity. Each shard is hashed once, while it is written (BLAKE3: a cryptographic hash
-that runs at several GB/s on one core, ~2-3x SHA-256 even with the CPU's SHA
-instructions, so hashing never holds a writer back; measured in ``bench/bench_store.py``).
+Integrity. Each shard is hashed once, right after it is written, from the page cache
+(BLAKE3: a cryptographic hash at ~2.5 GB/s on one core of the development machine, about
+4x its SHA-256 with the CPU's SHA instructions, so hashing never holds a writer back).
 The digest goes into the set's manifest and, with the file's size, mtime, inode and
 ctime at that moment, into a stamp beside the shard (``shard-NNNNN.arrow.verified``).
 Opening a set then checks only what is cheap - size, the Arrow footer, row count, run key
