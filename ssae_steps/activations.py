@@ -21,7 +21,7 @@ Shards are written atomically and carry a run key: a hash of the config, the see
 selected documents. A rerun after a crash keeps the complete shards of the same run and
 resumes after them (no token is written twice); any other change re-caches. The manifest
 - the one output Snakemake tracks, written last - records each shard's row count, size
-and BLAKE3 digest (taken while the shard is written), which
+and BLAKE3 digest (taken right after the shard is written), which
 :class:`~ssae_steps.activation_reader.ActivationShardReader` checks.
 
 Parts (scatter/gather, ``parts`` > 1 in the workflow): a set's shards are split into
