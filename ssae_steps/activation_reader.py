@@ -385,30 +385,31 @@ def write_activation_set(
     return manifest
 
 
-def load_activation_set(manifest: str | Path, max_rows: int | None = None) -> dict[str, np.ndarray]:
-    """A whole (evaluation-sized) checked activation set in file order: ``activation``
-    (float32 [rows, d_model]), ``doc_id``, ``position``, ``token_id``."""
+def _read_set(manifest: str | Path, names: Sequence[str], max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Columns ``names`` of a checked set in file order (the first ``max_rows`` rows)."""
     path = Path(manifest)
     info, _ = check_set(path)
     parts, held = [], 0
     for entry in info["shards"]:
         if max_rows is not None and held >= max_rows:
             break
-        parts.append(Shard(path.parent / "shards" / entry["file"]).columns(COLUMNS))
-        held += len(parts[-1]["activation"])
-    rows = {c: np.concatenate([p[c] for p in parts]) for c in COLUMNS}
-    if max_rows is not None:
-        rows = {c: v[:max_rows] for c, v in rows.items()}
+        parts.append(Shard(path.parent / "shards" / entry["file"]).columns(names))
+        held += len(parts[-1][names[0]])
+    rows = {c: np.concatenate([p[c] for p in parts]) for c in names}
+    return rows if max_rows is None else {c: v[:max_rows] for c, v in rows.items()}
+
+
+def load_activation_set(manifest: str | Path, max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """A whole (evaluation-sized) checked activation set in file order: ``activation``
+    (float32 [rows, d_model]), ``doc_id``, ``position``, ``token_id``."""
+    rows = _read_set(manifest, COLUMNS, max_rows)
     rows["activation"] = rows["activation"].astype(np.float32)
     return rows
 
 
 def token_counts(manifest: str | Path) -> np.ndarray:
     """Occurrences of each token id in a checked activation set (index = token id)."""
-    path = Path(manifest)
-    info, _ = check_set(path)
-    ids = [Shard(path.parent / "shards" / s["file"]).columns(["token_id"])["token_id"] for s in info["shards"]]
-    return np.bincount(np.concatenate(ids))
+    return np.bincount(_read_set(manifest, ["token_id"])["token_id"])
 
 
 # Activations compress poorly and slowly; the small columns compress well.
@@ -420,7 +421,6 @@ def export_parquet(manifest: str | Path, out_dir: str | Path) -> dict[str, Any]:
     (same columns and schema metadata, one row group per record batch) and
     ``OUT_DIR/manifest.json`` (the set's, with the Parquet files' rows, sizes and digests
     and ``"format": "parquet"``), written last. Memory stays at one record batch."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path, out = Path(manifest), Path(out_dir)
@@ -429,11 +429,11 @@ def export_parquet(manifest: str | Path, out_dir: str | Path) -> dict[str, Any]:
     entries = []
     for entry in info["shards"]:
         target = out / (Path(entry["file"]).stem + ".parquet")
-        reader = pa.ipc.open_file(pa.memory_map(str(path.parent / "shards" / entry["file"]), "r"))
+        shard = Shard(path.parent / "shards" / entry["file"])
         with atomic_path(target) as tmp:
-            with pq.ParquetWriter(tmp, reader.schema, compression=PARQUET_COMPRESSION) as writer:
-                for i in range(reader.num_record_batches):
-                    writer.write_batch(reader.get_batch(i))
+            with pq.ParquetWriter(tmp, shard.schema, compression=PARQUET_COMPRESSION) as writer:
+                for batch in shard.record_batches():
+                    writer.write_batch(batch)
         entries.append(
             {"file": target.name, "rows": entry["rows"], "bytes": target.stat().st_size, HASH: file_digest(target)}
         )

@@ -5,7 +5,9 @@ A shard (``shard-NNNNN.arrow``) is an uncompressed Arrow IPC *file* of record ba
 ``position`` and ``token_id`` (int32) and ``activation`` (a non-nullable fixed-size list
 of ``d_model`` float16/float32); the set's run key is in the schema metadata. Reading a
 column is a view of the mapped file: no value is decoded. A shard opens with pyarrow
-alone (``pa.ipc.open_file``) and with Hugging Face ``datasets`` (``Dataset.from_file``).
+alone (``pa.ipc.open_file``), and a set loads into Hugging Face ``datasets`` with
+``load_dataset("arrow", data_files=[...])`` (``Dataset.from_file`` reads only Arrow's
+stream format, not these files).
 
 Integrity. Each shard is hashed once, right after it is written, from the page cache
 (BLAKE3: a cryptographic hash at ~2.5 GB/s on one core of the development machine, about
@@ -352,21 +354,21 @@ class Shard:
         return (self._reader.schema.metadata or {}).get(RUN_KEY, b"").decode()
 
     @property
-    def num_batches(self) -> int:
-        return self._reader.num_record_batches
+    def schema(self) -> pa.Schema:
+        return self._reader.schema
+
+    def record_batches(self) -> list[pa.RecordBatch]:
+        """The shard's record batches, in order: views of the mapped file."""
+        return [self._reader.get_batch(i) for i in range(self._reader.num_record_batches)]
 
     def batch_rows(self) -> list[int]:
         """Rows of each record batch (from the batches' headers; no values are read)."""
-        return [self._reader.get_batch(i).num_rows for i in range(self.num_batches)]
+        return [batch.num_rows for batch in self.record_batches()]
 
     def columns(self, names: Sequence[str], batch: int | None = None) -> dict[str, np.ndarray]:
         """Columns of one record batch (or the whole shard) as numpy; ``activation`` is a
         zero-copy [rows, d_model] view of the mapped file, the small columns are decoded."""
-        batches = (
-            [self._reader.get_batch(batch)]
-            if batch is not None
-            else [self._reader.get_batch(i) for i in range(self.num_batches)]
-        )
+        batches = [self._reader.get_batch(batch)] if batch is not None else self.record_batches()
         out = {}
         for name in names:
             parts = [column_numpy(b.column(name), name) for b in batches]
