@@ -25,14 +25,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssae_steps.activations import (  # noqa: E402
-    ActivationConfig,
-    batches_in_random_order,
-    cache_activations,
-    select_documents,
-    tokenize_windows,
-)
-from ssae_steps.corpus import CorpusConfig, build_corpus  # noqa: E402
+from ssae_steps.activations.cache import batches_in_random_order, cache_activations, select_documents, tokenize_windows
+from ssae_steps.activations.config import ActivationConfig
+from ssae_steps.data.config import CorpusConfig
+from ssae_steps.data.corpus import build_corpus
 from ssae_steps.model import load_model, residual_stream  # noqa: E402
 
 TARGET = 0.9

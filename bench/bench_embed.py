@@ -20,8 +20,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssae_steps.corpus import CorpusConfig, build_corpus  # noqa: E402
-from ssae_steps.embed import EmbedderConfig, embed_corpus, embedder_path  # noqa: E402
+from ssae_steps.data.config import CorpusConfig
+from ssae_steps.data.corpus import build_corpus
+from ssae_steps.retrieval.config import EmbedderConfig
+from ssae_steps.retrieval.embed import embed_corpus, embedder_path
 
 TARGET = 0.8
 

@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ssae_steps.activation_shards import ShardWriter  # noqa: E402
+from ssae_steps.activations.shards import ShardWriter  # noqa: E402
 from ssae_steps.model import residual_stream  # noqa: E402
-from ssae_steps.sae import SparseAutoencoder  # noqa: E402
-from ssae_steps.train_sae import TrainConfig, _optimizer, _step_losses, remove_parallel_decoder_grad  # noqa: E402
+from ssae_steps.sae.autoencoder import SparseAutoencoder  # noqa: E402
+from ssae_steps.sae.config import TrainConfig
+from ssae_steps.sae.train import _optimizer, _step_losses, remove_parallel_decoder_grad
 
 GEMMA2_2B = dict(
     hidden_size=2304,
@@ -142,7 +143,7 @@ def train_steps(device: str, d_in: int, d_sae: int, k: int, batch: int, steps: i
 
 
 def reader(d_model: int, rows: int, batch: int, directory: Path, device: str) -> dict:
-    from ssae_steps.activation_reader import ActivationShardReader
+    from ssae_steps.activations.reader import ActivationShardReader
 
     manifest, _ = _write_set(d_model, rows, directory / "set")
     start = time.perf_counter()

@@ -76,15 +76,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_activations import bare_forward  # noqa: E402
 
-from ssae_steps._config import resolve_device, schema_errors  # noqa: E402
-from ssae_steps.activation_reader import ActivationShardReader, load_activation_set  # noqa: E402
-from ssae_steps.activations import ActivationConfig, cache_activations, select_documents  # noqa: E402
-from ssae_steps.embed import EmbedderConfig, embed_corpus, load_embedder  # noqa: E402
-from ssae_steps.evaluate import EvaluationConfig, evaluate_baselines, evaluate_sae, load_heldout  # noqa: E402
+from ssae_steps.activations.cache import cache_activations, select_documents  # noqa: E402
+from ssae_steps.activations.config import ActivationConfig  # noqa: E402
+from ssae_steps.activations.reader import ActivationShardReader, load_activation_set  # noqa: E402
+from ssae_steps.config import resolve_device, schema_errors  # noqa: E402
+from ssae_steps.evals.config import EvaluationConfig  # noqa: E402
+from ssae_steps.evals.evaluate import evaluate_baselines, evaluate_sae, load_heldout  # noqa: E402
+from ssae_steps.evals.spliced_loss import final_hidden_from, save_clean_scores  # noqa: E402
 from ssae_steps.model import load_model, padded_batch, residual_stream  # noqa: E402
-from ssae_steps.sae import SparseAutoencoder, load_sae  # noqa: E402
-from ssae_steps.spliced_loss import final_hidden_from, save_clean_scores  # noqa: E402
-from ssae_steps.train_sae import TrainingPlan, effective_lr, input_scale_from, train_sae  # noqa: E402
+from ssae_steps.retrieval.config import EmbedderConfig  # noqa: E402
+from ssae_steps.retrieval.embed import embed_corpus, load_embedder  # noqa: E402
+from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae  # noqa: E402
+from ssae_steps.sae.config import TrainingPlan  # noqa: E402
+from ssae_steps.sae.train import effective_lr, input_scale_from, train_sae  # noqa: E402
 
 
 @dataclass

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssae_steps._io import atomic_path, file_sha256
-from ssae_steps.activation_shards import RunningStats
+from ssae_steps.activations.shards import RunningStats
+from ssae_steps.files import atomic_path, file_sha256
 
 SHARD_PATTERN = "shard-{:05d}.parquet"
 SHARD_COMPRESSION = {"doc_id": "zstd", "position": "zstd", "token_id": "zstd", "activation": "none"}

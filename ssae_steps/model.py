@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ssae_steps._config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
-from ssae_steps._io import atomic_path, remove_stale_temporaries, write_json
+from ssae_steps.config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
+from ssae_steps.files import atomic_path, remove_stale_temporaries, write_json
 
 log = logging.getLogger("ssae.model")
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def wiki_texts(limit: int = 400, topic: str | None = None) -> list[dict[str, str]]:
     """Real English records from the shipped Wikipedia summaries package."""
-    from ssae_steps.text_sources import read_wiki_summaries
+    from ssae_steps.data.sources import read_wiki_summaries
 
     out = []
     for text, labels in read_wiki_summaries():

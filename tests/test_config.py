@@ -8,18 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssae_steps._config import ConfigError, coerce_override_scalars, part_range, schema_errors
-from ssae_steps.bios import BiosConfig
-from ssae_steps.corpus import CorpusConfig
-from ssae_steps.debias import DebiasConfig
-from ssae_steps.evaluate import EvaluationConfig
-from ssae_steps.lineage import LineageConfig
+from ssae_steps.config import ConfigError, coerce_override_scalars, part_range, schema_errors
+from ssae_steps.data.config import CorpusConfig, SourceConfig
+from ssae_steps.debias.bios import BiosConfig
+from ssae_steps.debias.config import DebiasConfig
+from ssae_steps.evals.config import EvaluationConfig, TailConfig, TermStudyConfig
+from ssae_steps.latents.config import LineageConfig
 from ssae_steps.model import ModelConfig
-from ssae_steps.sae import SAEConfig
-from ssae_steps.tail_concepts import TailConfig
-from ssae_steps.term_study import TermStudyConfig
-from ssae_steps.text_sources import SourceConfig
-from ssae_steps.train_sae import PER_RUN_KEYS, GeneralSAEPlan, SpecialisedSAEPlan, TrainConfig, TrainingPlan
+from ssae_steps.sae.config import PER_RUN_KEYS, GeneralSAEPlan, SAEConfig, SpecialisedSAEPlan, TrainConfig, TrainingPlan
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"

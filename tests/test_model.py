@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssae_steps._config import ConfigError
+from ssae_steps.config import ConfigError
 from ssae_steps.model import ModelConfig, load_model, next_token_loss, prepare_model
 from tests.tiny_model import TINY_LAYERS
 

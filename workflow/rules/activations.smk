@@ -19,7 +19,7 @@ ACTIVATION_CFG = as_json(ACTIVATION_SETTINGS)
 # One command for every caching rule; `params.scope` names the documents (split, held-out
 # exclusions) and, for a part, which one.
 CACHE_SHELL = (
-    "{PY:q} -m ssae_steps.activations --params {params.cfg:q} --model-dir results/model/hf "
+    "{PY:q} -m ssae_steps.activations.cache --params {params.cfg:q} --model-dir results/model/hf "
     "--hook-layer {params.hook_layer} --table {input.table} {params.scope} "
     "--manifest {output.manifest} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
 )
@@ -49,7 +49,7 @@ rule cache_corpus_activations:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version(*activations_module.CODE),
+        code=code_version("ssae_steps.activations.cache"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -83,7 +83,7 @@ rule cache_activation_part:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version(*activations_module.CODE),
+        code=code_version("ssae_steps.activations.cache"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -110,13 +110,13 @@ rule gather_activation_parts:
         corpus=POOL if PARTS > 1 else "^$",
         split="train",
     params:
-        code=code_version("activation_gather", *activations_module.CODE),
+        code=code_version("ssae_steps.activations.gather"),
     conda:
         ENV
     log:
         "logs/cache_activations/corpus/{corpus}/{split}/gather.log",
     shell:
-        "{PY:q} -m ssae_steps.activation_gather --parts {input.parts} --manifest {output.manifest} > {log} 2>&1"
+        "{PY:q} -m ssae_steps.activations.gather --parts {input.parts} --manifest {output.manifest} > {log} 2>&1"
 
 
 rule cache_selected_activations:
@@ -134,7 +134,7 @@ rule cache_selected_activations:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version(*activations_module.CODE),
+        code=code_version("ssae_steps.activations.cache"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,

@@ -11,22 +11,20 @@ from snakemake.resources import Resource
 from snakemake.utils import available_cpu_count, validate
 
 sys.path.insert(0, workflow.basedir)
-from ssae_steps._config import ConfigError, coerce_override_scalars, schema_errors  # noqa: E402
-from ssae_steps._io import code_fingerprint, tree_digest  # noqa: E402
-from ssae_steps.activations import ActivationConfig  # noqa: E402
-from ssae_steps.corpus import CorpusConfig  # noqa: E402
-from ssae_steps.debias import DebiasConfig  # noqa: E402
-from ssae_steps.embed import EmbedderConfig  # noqa: E402
-from ssae_steps.evaluate import EvaluationConfig  # noqa: E402
-from ssae_steps.lineage import LineageConfig  # noqa: E402
+from ssae_steps.activations.config import ActivationConfig  # noqa: E402
+from ssae_steps.config import ConfigError, coerce_override_scalars, schema_errors  # noqa: E402
+from ssae_steps.data.config import CorpusConfig  # noqa: E402
+from ssae_steps.data.config import FILE_KINDS, expand_paths  # noqa: E402
+from ssae_steps.debias.config import DebiasConfig  # noqa: E402
+from ssae_steps.evals.config import EvaluationConfig  # noqa: E402
+from ssae_steps.evals.config import TermStudyConfig  # noqa: E402
+from ssae_steps.files import code_fingerprint, tree_digest  # noqa: E402
+from ssae_steps.latents.config import LineageConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
-from ssae_steps.retrieve import TRACIN_STRATEGIES, RetrievalConfig  # noqa: E402
-from ssae_steps.term_study import TermStudyConfig  # noqa: E402
-from ssae_steps.text_sources import FILE_KINDS, expand_paths  # noqa: E402
-from ssae_steps import activations as activations_module  # noqa: E402
-from ssae_steps import train_sae as train_sae_module  # noqa: E402
-from ssae_steps import tracin as tracin_module  # noqa: E402
-from ssae_steps.train_sae import TrainingPlan  # noqa: E402
+from ssae_steps.retrieval.config import EmbedderConfig  # noqa: E402
+from ssae_steps.retrieval.config import TRACIN_STRATEGIES, RetrievalConfig  # noqa: E402
+from ssae_steps.sae.config import TrainingPlan  # noqa: E402
+from ssae_steps.sae.runs import gsae_run, seed_suffix, ssae_recipe, ssae_run  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # Our own pass first: one short line per problem, naming the key, before Snakemake's
@@ -49,7 +47,7 @@ try:
     TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
     LineageConfig.from_dict({k: v for k, v in config["lineage"].items() if k != "enabled"})
     if TRAINING_PLAN.gsae.pretrained is not None:
-        from ssae_steps.sae import load_sae
+        from ssae_steps.sae.autoencoder import load_sae
 
         load_sae(TRAINING_PLAN.gsae.pretrained)
     CORPUS_CONFIGS = {
@@ -118,11 +116,11 @@ ENV = "../../envs/ssae.yaml"
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
-def code_version(*modules):
-    """Fingerprint of the ssae_steps modules a rule runs (list every module it imports;
-    _io and _config always count). Snakemake's code trigger does not see imported
-    modules, so this goes into params and edits rerun the rule."""
-    return code_fingerprint(*modules)
+def code_version(entry):
+    """Fingerprint of the module a rule runs (``-m ENTRY``) and of every ssae_steps module
+    it imports, transitively. Snakemake's code trigger does not see imported modules, so
+    this goes into params and an edit to any of them reruns the rule."""
+    return code_fingerprint(entry)
 
 
 def content_digest(path):

@@ -19,7 +19,7 @@ rule build_corpus:
     params:
         cfg=lambda wc: as_json(config["corpora"][wc.corpus]),
         seed=config["seed"],
-        code=code_version("corpus", "text_sources"),
+        code=code_version("ssae_steps.data.corpus"),
     conda:
         ENV
     log:
@@ -27,7 +27,7 @@ rule build_corpus:
     benchmark:
         "benchmarks/build_corpus/{corpus}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.corpus --name {wildcards.corpus} --params {params.cfg:q} "
+        "{PY:q} -m ssae_steps.data.corpus --name {wildcards.corpus} --params {params.cfg:q} "
         "--seed {params.seed} --out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
 
 
@@ -42,11 +42,11 @@ rule corpus_overview:
         ),
         table="results/corpora/overview.csv",
     params:
-        code=code_version("corpus_overview", "corpus", "_cli"),
+        code=code_version("ssae_steps.data.overview"),
     conda:
         ENV
     log:
         "logs/corpus_overview.log",
     shell:
-        "{PY:q} -m ssae_steps.corpus_overview --tables {input.tables} "
+        "{PY:q} -m ssae_steps.data.overview --tables {input.tables} "
         "--out-plot {output.plot} --out-table {output.table} > {log} 2>&1"

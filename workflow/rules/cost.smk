@@ -11,11 +11,11 @@ rule cost_report:
         plot=report("results/cost.png", caption="../report/cost.rst", category="5. Cost"),
         summary=report("results/cost.md", caption="../report/cost.rst", category="5. Cost"),
     params:
-        code=code_version("cost_report", "_cli"),
+        code=code_version("ssae_steps.cost"),
     conda:
         ENV
     log:
         "logs/cost_report.log",
     shell:
-        "{PY:q} -m ssae_steps.cost_report --benchmarks benchmarks --out-table {output.table} "
+        "{PY:q} -m ssae_steps.cost --benchmarks benchmarks --out-table {output.table} "
         "--out-plot {output.plot} --out-summary {output.summary} > {log} 2>&1"

@@ -31,13 +31,13 @@ rule build_bios:
         cfg=as_json(DEBIAS["data"]),
         content=content_digest(DEBIAS["data"]["path"]) if DEBIAS["data"].get("path") else "",
         seed=config["seed"],
-        code=code_version("bios", "corpus", "text_sources"),
+        code=code_version("ssae_steps.debias.bios"),
     conda:
         ENV
     log:
         "logs/debias/build_bios.log",
     shell:
-        "{PY:q} -m ssae_steps.bios --params {params.cfg:q} --seed {params.seed} --out {output} > {log} 2>&1"
+        "{PY:q} -m ssae_steps.debias.bios --params {params.cfg:q} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule cache_bios_activations:
@@ -52,7 +52,7 @@ rule cache_bios_activations:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version(*activations_module.CODE),
+        code=code_version("ssae_steps.activations.cache"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -82,7 +82,7 @@ rule train_bios_ssae:
         gsae=lambda wc: f"results/sae/general/k{MAIN_K}{gsae_tag(seed_of(wc.seedtag))}/sae",
         tilt=DEBIAS["ssae_tilt"],
         device=DEVICE,
-        code=code_version(*TRAIN_CODE),
+        code=code_version("ssae_steps.sae.train"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -93,7 +93,7 @@ rule train_bios_ssae:
     benchmark:
         "benchmarks/train_sae/bios{seedtag}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role ssae --init finetune "
+        "{PY:q} -m ssae_steps.sae.train --params {params.cfg:q} --role ssae --init finetune "
         "--tilt {params.tilt} --k {MAIN_K} --seed {params.seed} --manifest {input.activations} "
         "--init-from {params.gsae} --out-dir results/sae/bios/ssae{wildcards.seedtag} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
@@ -118,7 +118,7 @@ rule debias:
         context_length=config["activations"]["context_length"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version("debias", "bios", "bootstrap", "sae", "model", "_cli"),
+        code=code_version("ssae_steps.debias.case_study"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -129,6 +129,6 @@ rule debias:
     benchmark:
         "benchmarks/debias/debias.tsv"
     shell:
-        "{PY:q} -m ssae_steps.debias --params {params.cfg:q} --table {input.table} --saes {params.saes} "
+        "{PY:q} -m ssae_steps.debias.case_study --params {params.cfg:q} --table {input.table} --saes {params.saes} "
         "--model-dir results/model/hf --hook-layer {params.hook_layer} --context-length {params.context_length} "
         "--seed {params.seed} --out-dir results/debias --device {params.device} --threads {threads} > {log} 2>&1"

@@ -3,7 +3,7 @@
 #   eval/token_types.csv          every subdomain token type with its general-pool frequency
 #   eval/baselines.json           clean and zero-ablation loss per set
 #   eval/clean_scores.safetensors the clean model's scores of the scored windows, which every
-#                                 SAE's evaluation reuses (ssae_steps/spliced_loss.py)
+#                                 SAE's evaluation reuses (ssae_steps/evals/spliced_loss.py)
 #   eval/runs/RUN.json            one SAE's metrics on the test part of each set (RUN = its
 #                                 directory under results/sae), RUN.per_doc.parquet its
 #                                 per-document sums for the bootstrap
@@ -37,17 +37,17 @@ def eval_json(sae_dir):
 def main_ssae_dir():
     """The SSAE shown latent by latent: dense retrieval, first init, largest tilt, main k."""
     ssae = TRAINING_PLAN.ssae
-    run = f"{ssae.inits[0]}-t{tilt_label(max(ssae.tilts))}-k{MAIN_K}"
+    run = ssae_recipe(ssae.inits[0], max(ssae.tilts), MAIN_K)
     return f"results/sae/{SUBDOMAIN}/{SWEEP_STRATEGY}/{run}"
 
 
 def pareto_curves():
     ssae = TRAINING_PLAN.ssae
     ks = sorted({MAIN_K, *TRAINING_PLAN.k_sweep})
-    run = f"{ssae.inits[0]}-t{tilt_label(ssae.tilts[0])}"
+    run = ssae_recipe(ssae.inits[0], ssae.tilts[0])
     return {
-        "GSAE": [f"gsae/k{k}" for k in ks],
-        f"SSAE {SWEEP_STRATEGY}/{run}": [f"ssae/{SWEEP_STRATEGY}/{run}-k{k}" for k in ks],
+        "GSAE": [gsae_run(k) for k in ks],
+        f"SSAE {SWEEP_STRATEGY}/{run}": [ssae_run(SWEEP_STRATEGY, f"{run}-k{k}") for k in ks],
     }
 
 
@@ -62,13 +62,13 @@ rule tail_concepts:
         types="results/eval/token_types.csv",
     params:
         cfg=as_json(EVAL["tail"]),
-        code=code_version("tail_concepts", "activation_reader", "activation_shards"),
+        code=code_version("ssae_steps.evals.tail"),
     conda:
         ENV
     log:
         "logs/eval/tail_concepts.log",
     shell:
-        "{PY:q} -m ssae_steps.tail_concepts --params {params.cfg:q} --subdomain-train {input.subdomain} "
+        "{PY:q} -m ssae_steps.evals.tail --params {params.cfg:q} --subdomain-train {input.subdomain} "
         "--general-train {input.general} --subdomain-heldout {input.heldout} --model-dir results/model/hf "
         "--out {output.tail} --types-out {output.types} > {log} 2>&1"
 
@@ -85,18 +85,7 @@ rule eval_baselines:
         seed=config["seed"],
         hook_layer=config["model"]["hook_layer"],
         device=DEVICE,
-        code=code_version(
-            "evaluate",
-            "spliced_loss",
-            "sae",
-            "model",
-            "tail_concepts",
-            "activation_reader",
-            "activation_shards",
-            "bootstrap",
-            "heldout_split",
-            "_cli",
-        ),
+        code=code_version("ssae_steps.evals.evaluate"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -107,7 +96,7 @@ rule eval_baselines:
     benchmark:
         "benchmarks/eval/baselines.tsv"
     shell:
-        "{PY:q} -m ssae_steps.evaluate baselines --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
+        "{PY:q} -m ssae_steps.evals.evaluate baselines --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
         "--model-dir results/model/hf --hook-layer {params.hook_layer} --seed {params.seed} --out {output.baselines} "
         "--clean-scores {output.clean_scores} --device {params.device} --threads {threads} > {log} 2>&1"
 
@@ -130,18 +119,7 @@ rule evaluate_sae:
         seed=config["seed"],
         hook_layer=config["model"]["hook_layer"],
         device=DEVICE,
-        code=code_version(
-            "evaluate",
-            "spliced_loss",
-            "sae",
-            "model",
-            "tail_concepts",
-            "activation_reader",
-            "activation_shards",
-            "bootstrap",
-            "heldout_split",
-            "_cli",
-        ),
+        code=code_version("ssae_steps.evals.evaluate"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -152,7 +130,7 @@ rule evaluate_sae:
     benchmark:
         "benchmarks/eval/runs/{run}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.evaluate sae --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
+        "{PY:q} -m ssae_steps.evals.evaluate sae --params {params.cfg:q} --sets {EVAL_SET_ARGS} "
         "--sae-dir results/sae/{wildcards.run}/sae --tail-table {input.tail} --types-table {input.types} "
         "--model-dir results/model/hf --clean-scores {input.clean_scores} "
         "--hook-layer {params.hook_layer} --seed {params.seed} --out {output.metrics} --device {params.device} "
@@ -188,13 +166,13 @@ rule evaluation_report:
         main_k=MAIN_K,
         samples=EVAL["bootstrap_samples"],
         seed=config["seed"],
-        code=code_version("evaluation_report", "evaluate", "bootstrap", "heldout_split", "_cli"),
+        code=code_version("ssae_steps.evals.report"),
     conda:
         ENV
     log:
         "logs/eval/report.log",
     shell:
-        "{PY:q} -m ssae_steps.evaluation_report --runs {params.runs:q} --baselines {input.baselines} "
+        "{PY:q} -m ssae_steps.evals.report --runs {params.runs:q} --baselines {input.baselines} "
         "--main-k {params.main_k} --sweep {params.sweep:q} --bootstrap-samples {params.samples} "
         "--seed {params.seed} --out-table {output.table} "
         "--out-pareto {output.pareto} --out-comparison {output.comparison} --out-summary {output.summary} "
@@ -213,14 +191,12 @@ rule top_latents:
     params:
         cfg=as_json(SHOW_KEYS),
         ssae=lambda wc: f"{main_ssae_dir()}/sae",
-        code=code_version(
-            "latent_contexts", "sae", "activation_reader", "activation_shards", "evaluate", "_cli", "tail_concepts"
-        ),
+        code=code_version("ssae_steps.latents.contexts"),
     conda:
         ENV
     log:
         "logs/eval/top_latents.log",
     shell:
-        "{PY:q} -m ssae_steps.latent_contexts --params {params.cfg:q} --ssae-dir {params.ssae} "
+        "{PY:q} -m ssae_steps.latents.contexts --params {params.cfg:q} --ssae-dir {params.ssae} "
         "--gsae-dir results/sae/general/k{MAIN_K}/sae --subdomain-set {EVAL_SETS[subdomain]} "
         "--general-set {EVAL_SETS[general]} --model-dir results/model/hf --out {output} > {log} 2>&1"

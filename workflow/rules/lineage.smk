@@ -28,10 +28,7 @@ rule lineage:
         cfg=as_json({k: v for k, v in LINEAGE.items() if k != "enabled"}),
         ssae=lambda wc: f"{main_ssae_dir()}/sae",
         detect_f1=config["evaluation"]["tail"]["detection_f1"],
-        code=code_version(
-            "lineage", "latent_browser", "latent_contexts", "evaluate", "sae", "model",
-            "activation_reader", "activation_shards", "tail_concepts", "_cli",
-        ),
+        code=code_version("ssae_steps.latents.lineage"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -40,7 +37,7 @@ rule lineage:
     benchmark:
         "benchmarks/lineage.tsv"
     shell:
-        "{PY:q} -m ssae_steps.lineage --params {params.cfg:q} --gsae-dir results/sae/general/k{MAIN_K}/sae "
+        "{PY:q} -m ssae_steps.latents.lineage --params {params.cfg:q} --gsae-dir results/sae/general/k{MAIN_K}/sae "
         "--ssae-dir {params.ssae} --subdomain-set {EVAL_SETS[subdomain]} --general-set {EVAL_SETS[general]} "
         "--model-dir results/model/hf --tail-tokens {input.tail} --token-types {input.types} "
         "--detect-f1 {params.detect_f1} --out-dir results/lineage > {log} 2>&1"

@@ -5,7 +5,7 @@ rule prepare_model:
     params:
         cfg=as_json(config["model"]),
         content=content_digest(config["model"]["name"]) if config["model"]["source"] == "local" else "",
-        code=code_version("model"),
+        code=code_version("ssae_steps.model"),
     conda:
         ENV
     log:

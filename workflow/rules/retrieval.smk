@@ -3,7 +3,7 @@ EMBED_PARTS = config["retrieval"]["embedder"]["parts"]
 # their meta.json records it.
 EMBEDDER_SETTINGS = EmbedderConfig.from_dict(config["retrieval"]["embedder"]).recorded()
 EMBED_SHELL = (
-    "{PY:q} -m ssae_steps.embed --params {params.cfg:q} --table {input.table} {params.part} "
+    "{PY:q} -m ssae_steps.retrieval.embed --params {params.cfg:q} --table {input.table} {params.part} "
     "--device {params.device} --out-vectors {output.vectors} --out-meta {output.meta} > {log} 2>&1"
 )
 
@@ -23,7 +23,7 @@ rule embed_corpus:
         cfg=as_json(EMBEDDER_SETTINGS),
         part="",
         device=DEVICE,
-        code=code_version("embed"),
+        code=code_version("ssae_steps.retrieval.embed"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -53,7 +53,7 @@ rule embed_corpus_part:
         cfg=as_json(EMBEDDER_SETTINGS),
         part=lambda wc: f"--part {wc.part} {wc.parts}",
         device=DEVICE,
-        code=code_version("embed"),
+        code=code_version("ssae_steps.retrieval.embed"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -77,13 +77,13 @@ rule gather_embedding_parts:
     wildcard_constraints:
         corpus=POOL if EMBED_PARTS > 1 else "^$",
     params:
-        code=code_version("embedding_gather", "embed"),
+        code=code_version("ssae_steps.retrieval.embed_gather"),
     conda:
         ENV
     log:
         "logs/embed_corpus/{corpus}/gather.log",
     shell:
-        "{PY:q} -m ssae_steps.embedding_gather --parts {input.metas} --out-vectors {output.vectors} "
+        "{PY:q} -m ssae_steps.retrieval.embed_gather --parts {input.metas} --out-vectors {output.vectors} "
         "--out-meta {output.meta} > {log} 2>&1"
 
 
@@ -99,7 +99,7 @@ rule build_index:
     params:
         cfg=as_json(config["retrieval"]["index"]),
         seed=config["seed"],
-        code=code_version("faiss_index", "embed"),
+        code=code_version("ssae_steps.retrieval.index"),
     conda:
         ENV
     log:
@@ -107,7 +107,7 @@ rule build_index:
     benchmark:
         "benchmarks/build_index/{corpus}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.faiss_index --params {params.cfg:q} --vectors {input.vectors} "
+        "{PY:q} -m ssae_steps.retrieval.index --params {params.cfg:q} --vectors {input.vectors} "
         "--meta {input.meta} --seed {params.seed} --out-index {output.index} --out-meta {output.meta} > {log} 2>&1"
 
 
@@ -152,7 +152,7 @@ def dense_flags(strategy, input):
 
 
 RETRIEVAL_SHELL = (
-    "{PY:q} -m ssae_steps.retrieve --strategy {params.strategy} --params {params.cfg:q} "
+    "{PY:q} -m ssae_steps.retrieval.retrieve --strategy {params.strategy} --params {params.cfg:q} "
     "--seed {params.seed} --seed-table {input.seed} --pool-table {input.pool} "
     "--model-dir results/model/hf {params.dense} "
     "--out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
@@ -175,7 +175,7 @@ rule select_data:
         cfg=lambda wc: retrieval_params(wc.strategy),
         seed=config["seed"],
         dense=lambda wc, input: dense_flags(wc.strategy, input),
-        code=code_version("retrieve", "embed", "faiss_index"),
+        code=code_version("ssae_steps.retrieval.retrieve"),
     conda:
         ENV
     log:
@@ -200,11 +200,11 @@ rule compare_selection:
     wildcard_constraints:
         subdomain=SUBDOMAIN,
     params:
-        code=code_version("retrieval_report", "_cli"),
+        code=code_version("ssae_steps.retrieval.report"),
     conda:
         ENV
     log:
         "logs/compare_selection/{subdomain}.log",
     shell:
-        "{PY:q} -m ssae_steps.retrieval_report --tables {input.tables} --subdomain {wildcards.subdomain} "
+        "{PY:q} -m ssae_steps.retrieval.report --tables {input.tables} --subdomain {wildcards.subdomain} "
         "--out-md {output.md} --out-json {output.json} --out-plot {output.plot} > {log} 2>&1"

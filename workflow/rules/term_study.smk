@@ -30,8 +30,8 @@ def term_runs():
     for k in [MAIN_K, *TERM_PLAN.extra_ks]:
         for seed in SEEDS[: TERM_PLAN.seeds] if k == MAIN_K else SEEDS[:1]:
             for tilt in TERM_PLAN.tilts:
-                run = f"finetune-t{tilt_label(tilt)}-k{k}{seed_tag(seed)}"
-                runs[f"ssae/{SWEEP_STRATEGY}/{run}"] = f"results/sae/{SUBDOMAIN}/{SWEEP_STRATEGY}/{run}"
+                run = ssae_recipe("finetune", tilt, k, seed_tag(seed))
+                runs[ssae_run(SWEEP_STRATEGY, run)] = f"results/sae/{SUBDOMAIN}/{SWEEP_STRATEGY}/{run}"
     return runs
 
 
@@ -58,13 +58,13 @@ rule term_study:
         rare=EVAL["tail"]["max_general_frequency"],
         samples=EVAL["bootstrap_samples"],
         seed=config["seed"],
-        code=code_version("term_study", "evaluation_report", "evaluate", "bootstrap", "heldout_split", "_cli"),
+        code=code_version("ssae_steps.evals.term_study"),
     conda:
         ENV
     log:
         "logs/eval/term_study.log",
     shell:
-        "{PY:q} -m ssae_steps.term_study --runs {params.runs:q} --train-logs {params.logs:q} "
+        "{PY:q} -m ssae_steps.evals.term_study --runs {params.runs:q} --train-logs {params.logs:q} "
         "--baselines {input.baselines} --rare-frequency {params.rare} --bootstrap-samples {params.samples} "
         "--seed {params.seed} --out-table {output.table} --out-plot {output.plot} --out-summary {output.summary} "
         "> {log} 2>&1"

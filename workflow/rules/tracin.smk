@@ -22,7 +22,7 @@ rule retrieve_tracin_candidates:
         cfg=lambda wc: retrieval_params(wc.base, TRACIN_CFG["candidate_multiple"]),
         seed=config["seed"],
         dense=lambda wc, input: dense_flags(wc.base, input),
-        code=code_version("retrieve", "embed", "faiss_index"),
+        code=code_version("ssae_steps.retrieval.retrieve"),
     conda:
         ENV
     log:
@@ -49,7 +49,7 @@ rule cache_candidate_activations:
         hook_layer=config["model"]["hook_layer"],
         seed=config["seed"],
         device=DEVICE,
-        code=code_version(*activations_module.CODE),
+        code=code_version("ssae_steps.activations.cache"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -79,7 +79,7 @@ rule rerank_tracin:
         cfg=as_json(TRACIN_CFG),
         budget=RETRIEVAL["token_budget"],
         gsae=GSAE_RUN,
-        code=code_version(*tracin_module.CODE),
+        code=code_version("ssae_steps.retrieval.tracin"),
     threads: JOB_THREADS
     resources:
         gpu=0,
@@ -90,6 +90,6 @@ rule rerank_tracin:
     benchmark:
         "benchmarks/select_data/{subdomain}/{base}_tracin.tsv"
     shell:
-        "{PY:q} -m ssae_steps.tracin --strategy {wildcards.base}_tracin --params {params.cfg:q} "
+        "{PY:q} -m ssae_steps.retrieval.tracin --strategy {wildcards.base}_tracin --params {params.cfg:q} "
         "--token-budget {params.budget} --candidates {input.candidates} --activations {input.activations} "
         "--gsae {params.gsae} --threads {threads} --out-table {output.table} --out-summary {output.summary} > {log} 2>&1"

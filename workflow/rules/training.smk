@@ -7,7 +7,6 @@
 
 MAIN_K = TRAINING_PLAN.shared.sae.k
 SEEDS = TRAINING_PLAN.seeds
-TRAIN_CODE = train_sae_module.CODE
 # Each rule gets only the training keys it reads, so adding a tilt retrains only the
 # SSAEs with that tilt (the lists of inits and tilts become wildcards instead), and adding
 # a seed trains only that seed's runs.
@@ -30,13 +29,9 @@ SWEEP_STRATEGY = "dense" if "dense" in STRATEGIES else STRATEGIES[0]
 SEED_TAG = r"(-s\d+)?"
 
 
-def tilt_label(tilt):
-    return f"{tilt:g}"
-
-
 def seed_tag(seed):
     """Run-name suffix of a training seed: none for the first, -sS for the others."""
-    return "" if seed == SEEDS[0] else f"-s{seed}"
+    return seed_suffix(seed, SEEDS[0])
 
 
 def seed_of(tag):
@@ -55,16 +50,16 @@ def sae_runs():
     for seed in SEEDS:
         tag = seed_tag(seed)
         if not tag or TRAINING_PLAN.gsae.pretrained is None:
-            runs[f"gsae/k{MAIN_K}{tag}"] = f"results/sae/general/k{MAIN_K}{tag}"
+            runs[gsae_run(MAIN_K, tag)] = f"results/sae/general/k{MAIN_K}{tag}"
         for strategy in STRATEGIES if not tag else SEED_STRATEGIES:
             for init in ssae.inits if not tag else ssae.inits[:1]:
                 for tilt in ssae.tilts if not tag else ssae.tilts[:1]:
-                    run = f"{init}-t{tilt_label(tilt)}-k{MAIN_K}{tag}"
-                    runs[f"ssae/{strategy}/{run}"] = f"results/sae/{SUBDOMAIN}/{strategy}/{run}"
+                    run = ssae_recipe(init, tilt, MAIN_K, tag)
+                    runs[ssae_run(strategy, run)] = f"results/sae/{SUBDOMAIN}/{strategy}/{run}"
     for k in TRAINING_PLAN.k_sweep:
-        run = f"{ssae.inits[0]}-t{tilt_label(ssae.tilts[0])}-k{k}"
-        runs[f"gsae/k{k}"] = f"results/sae/general/k{k}"
-        runs[f"ssae/{SWEEP_STRATEGY}/{run}"] = f"results/sae/{SUBDOMAIN}/{SWEEP_STRATEGY}/{run}"
+        run = ssae_recipe(ssae.inits[0], ssae.tilts[0], k)
+        runs[gsae_run(k)] = f"results/sae/general/k{k}"
+        runs[ssae_run(SWEEP_STRATEGY, run)] = f"results/sae/{SUBDOMAIN}/{SWEEP_STRATEGY}/{run}"
     return runs
 
 
@@ -87,7 +82,7 @@ rule train_gsae:
         seed=lambda wc: seed_of(wc.seedtag),
         device=DEVICE,
         out_dir=subpath(output.summary, parent=True),
-        code=code_version(*TRAIN_CODE),
+        code=code_version("ssae_steps.sae.train"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -98,7 +93,7 @@ rule train_gsae:
     benchmark:
         "benchmarks/train_sae/general/k{k}{seedtag}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role gsae --k {wildcards.k} "
+        "{PY:q} -m ssae_steps.sae.train --params {params.cfg:q} --role gsae --k {wildcards.k} "
         "--seed {params.seed} --manifest {input.activations} --out-dir {params.out_dir} "
         "--snapshots {params.snapshots} --device {params.device} --threads {threads} > {log} 2>&1"
 
@@ -140,7 +135,7 @@ rule train_ssae:
             if "tail" in input.keys()
             else ""
         ),
-        code=code_version(*TRAIN_CODE),
+        code=code_version("ssae_steps.sae.train"),
     threads: JOB_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -151,7 +146,7 @@ rule train_ssae:
     benchmark:
         "benchmarks/train_sae/{subdomain}/{strategy}/{init}-t{tilt}-k{k}{seedtag}.tsv"
     shell:
-        "{PY:q} -m ssae_steps.train_sae --params {params.cfg:q} --role ssae --init {wildcards.init} "
+        "{PY:q} -m ssae_steps.sae.train --params {params.cfg:q} --role ssae --init {wildcards.init} "
         "--tilt {wildcards.tilt} --k {wildcards.k} --seed {params.seed} --manifest {input.activations} "
         "{params.init_from} {params.tail} --out-dir {params.out_dir} --device {params.device} --threads {threads} > {log} 2>&1"
 
@@ -168,11 +163,11 @@ rule training_report:
         ),
     params:
         runs=lambda wc: as_json(sae_runs()),
-        code=code_version("training_report", "_cli"),
+        code=code_version("ssae_steps.sae.report"),
     conda:
         ENV
     log:
         "logs/training_report.log",
     shell:
-        "{PY:q} -m ssae_steps.training_report --runs {params.runs:q} --out-table {output.table} "
+        "{PY:q} -m ssae_steps.sae.report --runs {params.runs:q} --out-table {output.table} "
         "--out-plot {output.curves} > {log} 2>&1"

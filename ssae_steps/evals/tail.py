@@ -1,0 +1,204 @@
+"""Tail concepts of a subdomain and how well an SAE represents them.
+
+Definition (also in README): a *tail concept* is a token id that is
+- specific: its frequency in the subdomain's seed documents is at least ``min_ratio``
+  times its frequency in the general pool (add-one smoothed counts), and
+- rare overall: its general-pool frequency is at most ``max_general_frequency``, and
+- evaluable: it occurs at least ``min_count`` times in the subdomain's held-out text.
+At most ``max_concepts`` of them are kept, the most specific first.
+
+Per SAE, on held-out text (subdomain and general held-out sets together, so a latent
+that fires on everything is not a detector):
+- tail vs head reconstruction: FVU restricted to tail-token rows and to all other rows
+  (both against the set mean);
+- dedicated latents: for each concept, the latent whose firing (activation > 0) best
+  detects "this token is the concept" by F1 on the *validation* part of the held-out
+  documents (``ssae_steps.data.splits``); that latent's F1 is then measured on the
+  *test* part, and the concept is *captured* when the test F1 is at least
+  ``detection_f1``. Tail-concept recall = captured / concepts that occur in both parts.
+
+Recall against frequency, as the paper plots it: the same detection for *every* token type
+that occurs at least ``min_count`` times in the subdomain's held-out text (not only the
+tail concepts), each with its general-pool frequency, so the share of types an SAE
+captures can be read off per frequency decade (``evaluation_report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssae_steps.config import run_stage
+from ssae_steps.evals.config import TailConfig
+from ssae_steps.files import atomic_path
+
+log = logging.getLogger("ssae.tail_concepts")
+
+
+def _padded(counts: np.ndarray, size: int) -> np.ndarray:
+    return np.pad(counts, (0, max(0, size - len(counts))))[:size].astype(np.float64)
+
+
+def tail_tokens(
+    subdomain_counts: np.ndarray, general_counts: np.ndarray, heldout_counts: np.ndarray, cfg: TailConfig
+) -> list[dict[str, float]]:
+    """Tail concepts as rows ``{token_id, subdomain_count, general_count, ratio,
+    heldout_count}``, most specific first."""
+    size = max(len(subdomain_counts), len(general_counts), len(heldout_counts))
+    sub, gen, held = (_padded(c, size) for c in (subdomain_counts, general_counts, heldout_counts))
+    sub_freq = (sub + 1) / (sub.sum() + size)
+    gen_freq = (gen + 1) / (gen.sum() + size)
+    ratio = sub_freq / gen_freq
+    keep = (ratio >= cfg.min_ratio) & (gen / max(gen.sum(), 1) <= cfg.max_general_frequency)
+    keep &= (held >= cfg.min_count) & (sub > 0)
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(-ratio[order], kind="stable")][: cfg.max_concepts]
+    return [
+        {
+            "token_id": int(t),
+            "subdomain_count": int(sub[t]),
+            "general_count": int(gen[t]),
+            "ratio": float(ratio[t]),
+            "heldout_count": int(held[t]),
+        }
+        for t in order
+    ]
+
+
+def concept_detection(
+    active_rows: np.ndarray,
+    active_latents: np.ndarray,
+    token_ids: np.ndarray,
+    concepts: list[int],
+    d_sae: int,
+    latents: list[int] | None = None,
+) -> list[dict[str, float]]:
+    """Per concept, how well one latent detects it on an evaluation set whose row ``r`` has
+    token ``token_ids[r]``, from the SAE's active (row, latent) pairs: the best latent by F1,
+    or the given ``latents[c]`` (chosen on other text) scored here."""
+    fires = np.bincount(active_latents, minlength=d_sae)
+    concept_index = np.full(int(max(token_ids.max(initial=0), max(concepts, default=0))) + 1, -1)
+    concept_index[np.asarray(concepts, dtype=np.int64)] = np.arange(len(concepts))
+    row_concept = concept_index[token_ids]
+    hit = row_concept[active_rows] >= 0
+    flat = row_concept[active_rows[hit]] * d_sae + active_latents[hit]
+    true_pos = np.bincount(flat, minlength=len(concepts) * d_sae).reshape(len(concepts), d_sae)
+    support = np.bincount(row_concept[row_concept >= 0], minlength=len(concepts))
+    out = []
+    for c, token in enumerate(concepts):
+        f1 = 2 * true_pos[c] / np.maximum(fires + support[c], 1)
+        best = int(f1.argmax()) if latents is None else int(latents[c])
+        tp = int(true_pos[c, best])
+        out.append(
+            {
+                "token_id": int(token),
+                "latent": best,
+                "f1": float(f1[best]),
+                "precision": tp / max(int(fires[best]), 1),
+                "recall": tp / max(int(support[c]), 1),
+                "support": int(support[c]),
+            }
+        )
+    return out
+
+
+def tail_recall(detections: list[dict[str, float]], threshold: float) -> float:
+    if not detections:
+        return float("nan")
+    return sum(d["f1"] >= threshold for d in detections) / len(detections)
+
+
+def token_types(general_counts: np.ndarray, heldout_counts: np.ndarray, min_count: int) -> list[dict[str, Any]]:
+    """Every token type with at least ``min_count`` occurrences in the subdomain's held-out
+    text, as rows ``{token_id, heldout_count, general_count, general_frequency}``."""
+    size = max(len(general_counts), len(heldout_counts))
+    gen, held = _padded(general_counts, size), _padded(heldout_counts, size)
+    total = max(gen.sum(), 1.0)
+    return [
+        {
+            "token_id": int(t),
+            "heldout_count": int(held[t]),
+            "general_count": int(gen[t]),
+            "general_frequency": float(gen[t] / total),
+        }
+        for t in np.flatnonzero(held >= min_count)
+    ]
+
+
+def read_token_types(path: str | Path) -> tuple[list[int], np.ndarray]:
+    """Token ids and general-pool frequencies of a :func:`token_types` table."""
+    with Path(path).open() as handle:
+        rows = list(csv.DictReader(handle))
+    return [int(r["token_id"]) for r in rows], np.array([float(r["general_frequency"]) for r in rows])
+
+
+def write_tail_table(
+    cfg: TailConfig,
+    subdomain_train: str | Path,
+    general_train: str | Path,
+    subdomain_heldout: str | Path,
+    model_dir: str | Path,
+    out: str | Path,
+    types_out: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Count tokens in the three activation sets, pick the tail concepts, write them as CSV
+    (with each token's text); ``types_out``: every evaluable token type (:func:`token_types`)."""
+    from transformers import AutoTokenizer
+
+    from ssae_steps.activations.reader import token_counts
+
+    general, heldout = token_counts(general_train), token_counts(subdomain_heldout)
+    if types_out is not None:
+        types = token_types(general, heldout, cfg.min_count)
+        with atomic_path(types_out) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=["token_id", "heldout_count", "general_count", "general_frequency"]
+            )
+            writer.writeheader()
+            writer.writerows(types)
+        log.info("%d token types with >= %d held-out occurrences", len(types), cfg.min_count)
+    rows = tail_tokens(token_counts(subdomain_train), general, heldout, cfg)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    for row in rows:
+        row["token"] = tokenizer.decode([row["token_id"]])
+    fields = ["token_id", "token", "subdomain_count", "general_count", "ratio", "heldout_count"]
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("%d tail concepts; most specific: %s", len(rows), [r["token"] for r in rows[:15]])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True, help="JSON object of evaluation.tail")
+    parser.add_argument("--subdomain-train", required=True, help="manifest of the seed set's activations")
+    parser.add_argument("--general-train", required=True, help="manifest of the pool's training activations")
+    parser.add_argument("--subdomain-heldout", required=True)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--types-out", help="CSV of every token type with >= min_count held-out occurrences")
+    args = parser.parse_args(argv)
+    return run_stage(
+        lambda: write_tail_table(
+            TailConfig.from_dict(json.loads(args.params)),
+            args.subdomain_train,
+            args.general_train,
+            args.subdomain_heldout,
+            args.model_dir,
+            args.out,
+            args.types_out,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
