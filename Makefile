@@ -22,8 +22,8 @@ run: install
 	HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores $(CORES)   # default: this machine's cores
 
 lint: install
-	$(BIN)/ruff check ssae_steps tests bench
-	$(BIN)/ruff format --check ssae_steps tests bench
+	$(BIN)/ruff check ssae_steps tests bench docs
+	$(BIN)/ruff format --check ssae_steps tests bench docs
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n 2 --dist loadgroup   # the tiny-pipeline tests share one worker

@@ -9,7 +9,7 @@ forward pass does not depend on their values; no download needed):
    ``ShardWriter`` (statistics, float16 cast, Arrow IPC shards with their BLAKE3, written
    to local disk) fed float32 rows in forward-batch chunks - in tokens/s, and bytes per
    stored token;
-3. ``train_step``: our TopK training step (``train_sae._step_losses``, backward, decoder
+3. ``train_step``: our TopK training step (``sae.objective.step_losses``, backward, decoder
    gradient projection, Adam, decoder renormalisation) on batches already on the device,
    in tokens/s, per dictionary width;
 4. ``reader``: ``ActivationShardReader`` streaming a float16 set from local disk (shuffled,
@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ssae_steps.activations.shards import ShardWriter  # noqa: E402
+from ssae_steps.activations.writer import ShardWriter  # noqa: E402
 from ssae_steps.model import residual_stream  # noqa: E402
 from ssae_steps.sae.autoencoder import SparseAutoencoder  # noqa: E402
 from ssae_steps.sae.config import TrainConfig
-from ssae_steps.sae.train import _optimizer, _step_losses, remove_parallel_decoder_grad
+from ssae_steps.sae.objective import step_losses
+from ssae_steps.sae.optim import make_optimizer, remove_parallel_decoder_grad
 
 GEMMA2_2B = dict(
     hidden_size=2304,
@@ -120,7 +121,7 @@ def train_steps(device: str, d_in: int, d_sae: int, k: int, batch: int, steps: i
     cfg = TrainConfig.from_dict({"sae": {"d_sae": d_sae, "k": k, "d_in": d_in}, "batch_size": batch})
     cfg.sae.d_in = d_in
     sae = SparseAutoencoder(cfg.sae, input_scale=1.0).to(device)
-    optimizer = _optimizer(cfg, sae, 1e-4)
+    optimizer = make_optimizer(cfg, sae, 1e-4)
     tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
     offset = torch.randn(d_in, device=device) * 3
     data = [torch.randn(batch, d_in, device=device) + offset for _ in range(8)]
@@ -129,7 +130,7 @@ def train_steps(device: str, d_in: int, d_sae: int, k: int, batch: int, steps: i
     def step() -> None:
         x = data[state["i"] % len(data)]
         state["i"] += 1
-        loss, _, fired = _step_losses(sae, x, cfg, tokens_since_fired)
+        loss, _, fired = step_losses(sae, x, cfg, tokens_since_fired)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         remove_parallel_decoder_grad(sae.W_dec)

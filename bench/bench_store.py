@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402, F401 - imported before any timing, as in a stage
 
 from ssae_steps.activations.reader import ActivationShardReader  # noqa: E402
-from ssae_steps.activations.shards import ShardWriter  # noqa: E402
+from ssae_steps.activations.writer import ShardWriter  # noqa: E402
 from ssae_steps.files import write_json  # noqa: E402
 
 SHARD_ROWS = 65_536

@@ -75,9 +75,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssae_steps.activations.reader import ActivationShardReader, write_activation_set  # noqa: E402
+from ssae_steps.activations.reader import ActivationShardReader  # noqa: E402
+from ssae_steps.activations.sets import write_activation_set  # noqa: E402
 from ssae_steps.sae.config import TrainConfig
-from ssae_steps.sae.train import evaluation_sae, input_scale_from, train_sae
+from ssae_steps.sae.optim import evaluation_sae
+from ssae_steps.sae.train import input_scale_from, train_sae
 
 D_SAE, K = 8192, 32
 BATCH = 4096  # --batch; set in main and in each child from its spec

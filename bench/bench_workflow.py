@@ -78,7 +78,8 @@ from bench_activations import bare_forward  # noqa: E402
 
 from ssae_steps.activations.cache import cache_activations, select_documents  # noqa: E402
 from ssae_steps.activations.config import ActivationConfig  # noqa: E402
-from ssae_steps.activations.reader import ActivationShardReader, load_activation_set  # noqa: E402
+from ssae_steps.activations.reader import ActivationShardReader  # noqa: E402
+from ssae_steps.activations.sets import load_activation_set  # noqa: E402
 from ssae_steps.config import resolve_device, schema_errors  # noqa: E402
 from ssae_steps.evals.config import EvaluationConfig  # noqa: E402
 from ssae_steps.evals.evaluate import evaluate_baselines, evaluate_sae, load_heldout  # noqa: E402
@@ -88,7 +89,8 @@ from ssae_steps.retrieval.config import EmbedderConfig  # noqa: E402
 from ssae_steps.retrieval.embed import embed_corpus, load_embedder  # noqa: E402
 from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae  # noqa: E402
 from ssae_steps.sae.config import TrainingPlan  # noqa: E402
-from ssae_steps.sae.train import effective_lr, input_scale_from, train_sae  # noqa: E402
+from ssae_steps.sae.optim import effective_lr  # noqa: E402
+from ssae_steps.sae.train import input_scale_from, train_sae  # noqa: E402
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssae_steps.activations.shards import RunningStats
+from ssae_steps.activations.writer import RunningStats
 from ssae_steps.files import atomic_path, file_sha256
 
 SHARD_PATTERN = "shard-{:05d}.parquet"

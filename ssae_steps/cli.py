@@ -10,7 +10,7 @@ where ``build_corpus_command(name: str, params: CorpusConfig, out_table: Path, .
 plain function. Each parameter becomes ``--name-with-dashes``; one without a default is
 required. Types map as follows:
 
-- ``str``, ``int``, ``float``, ``Path``: one value of that type;
+- ``str``, ``int``, ``float``, ``Path`` (or ``str | Path``): one value of that type;
 - ``bool``: a flag (``--x`` / ``--no-x``);
 - ``Literal[...]``: one of its values;
 - ``list[T]``: any number of values (``nargs="*"``);
@@ -33,6 +33,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -56,8 +57,7 @@ def _unwrap(hint: Any) -> tuple[Any, str | None, bool]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         optional = len(args) < len(typing.get_args(hint))
-        if len(args) == 1:
-            hint = args[0]
+        hint = args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
     return hint, help_text, optional
 
 
@@ -69,6 +69,16 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{flag}: expected a JSON object, got {text!r}")
     return data
+
+
+def _scalar(hint: Any) -> Any:
+    """The argparse ``type`` of a one-value hint: ``str | Path`` and ``PathLike`` read as str."""
+    if hint in (str, int, float, Path):
+        return hint
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if members and all(m in (str, Path) or typing.get_origin(m) is os.PathLike for m in members):
+        return str
+    return None
 
 
 def _is_config(hint: Any) -> bool:
@@ -93,7 +103,7 @@ def _add_argument(parser: argparse.ArgumentParser, param: inspect.Parameter, hin
     elif origin is list:
         (item,) = typing.get_args(hint) or (str,)
         kwargs["nargs"] = "+" if required else "*"
-        kwargs["type"] = item
+        kwargs["type"] = _scalar(item) or item
     elif origin is tuple:
         items = typing.get_args(hint)
         kwargs["nargs"] = len(items)
@@ -103,8 +113,8 @@ def _add_argument(parser: argparse.ArgumentParser, param: inspect.Parameter, hin
         # Parsed in _call, inside the ConfigError handler, so a bad key is named.
         kwargs["type"] = str
         kwargs["metavar"] = "JSON"
-    elif hint in (str, int, float, Path):
-        kwargs["type"] = hint
+    elif _scalar(hint) is not None:
+        kwargs["type"] = _scalar(hint)
     else:
         raise TypeError(f"{param.name}: no command-line form for {hint!r}")
     parser.add_argument(flag, required=required and not optional, **kwargs)
@@ -170,19 +180,6 @@ def run(commands: Command | Mapping[str, Command], argv: list[str] | None = None
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:  # TODO(#31): remove once unused
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-
-
-def device_from(args: argparse.Namespace) -> str:  # TODO(#31): remove once unused
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
 
 
 def save_figure(fig: Any, path: str | Path) -> None:

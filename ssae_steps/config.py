@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -192,15 +190,3 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' requested but torch sees no GPU (use 'auto' or 'cpu')")
     return name
-
-
-def run_stage(body: Callable[[], object]) -> int:
-    """Run a stage's command-line body: log to stderr; a :class:`ConfigError` becomes one
-    ``error: ...`` line and exit status 2 (no traceback for bad input)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    try:
-        body()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -9,14 +9,12 @@ table lists every job beside them.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from ssae_steps.cli import save_figure
-from ssae_steps.config import run_stage
+from ssae_steps.cli import run, save_figure
 from ssae_steps.files import atomic_path, write_text
 
 log = logging.getLogger("ssae.cost_report")
@@ -106,13 +104,7 @@ def cost_report(benchmarks: str | Path, out_table: str | Path, out_plot: str | P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--benchmarks", default="benchmarks")
-    parser.add_argument("--out-table", required=True)
-    parser.add_argument("--out-plot", required=True)
-    parser.add_argument("--out-summary", required=True)
-    args = parser.parse_args(argv)
-    return run_stage(lambda: cost_report(args.benchmarks, args.out_table, args.out_plot, args.out_summary))
+    return run(cost_report, argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -83,24 +84,32 @@ def tree_digest(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def module_file(module: str) -> Path | None:
-    """Source file of an ``ssae_steps`` module or package (its ``__init__.py``), or None."""
+def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """Source file of an ``ssae_steps`` module or package (its ``__init__.py``) in
+    ``package_dir``, or None."""
     parts = module.split(".")
     if parts[0] != PACKAGE:
         return None
-    base = PACKAGE_DIR.joinpath(*parts[1:])
+    base = package_dir.joinpath(*parts[1:])
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _imported_modules(module: str, source: Path) -> set[str]:
+def imported_modules(module: str, source: Path, package_dir: Path) -> set[str]:
     """``ssae_steps`` modules named by any import statement in ``source``, at any depth
     (imports inside functions count: they run when the stage runs)."""
-    package = module if source.name == "__init__.py" else module.rpartition(".")[0]
+    names = _imported_names(module, source.name == "__init__.py", source.read_bytes())
+    return {name for name in names if module_file(name, package_dir) is not None}
+
+
+@functools.lru_cache(maxsize=512)
+def _imported_names(module: str, is_package: bool, source: bytes) -> frozenset[str]:
+    # Keyed on the source bytes: the workflow fingerprints ~30 rules from the same modules.
+    package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_bytes(), str(source))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -113,13 +122,13 @@ def _imported_modules(module: str, source: Path) -> set[str]:
             found.add(base)
             # `from package import module` imports the module too.
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if module_file(name) is not None}
+    return frozenset(found)
 
 
-def import_closure(entry: str) -> list[str]:
+def import_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> list[str]:
     """Every ``ssae_steps`` module that running ``entry`` can import, transitively, with the
     packages that contain them (importing ``a.b.c`` runs ``a`` and ``a.b`` first)."""
-    if module_file(entry) is None:
+    if module_file(entry, package_dir) is None:
         raise ValueError(f"{entry}: not a module of {PACKAGE}")
     seen: set[str] = set()
     todo = [entry]
@@ -130,16 +139,17 @@ def import_closure(entry: str) -> list[str]:
         seen.add(module)
         parts = module.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        todo.extend(_imported_modules(module, module_file(module)))  # type: ignore[arg-type]
+        todo.extend(imported_modules(module, module_file(module, package_dir), package_dir))  # type: ignore[arg-type]
     return sorted(seen)
 
 
-def code_fingerprint(entry: str) -> str:
+def code_fingerprint(entry: str, package_dir: Path = PACKAGE_DIR) -> str:
     """Fingerprint of the code a stage runs: the source of ``entry`` and of every module it
     imports, read from the imports themselves rather than from a hand-kept list. The
     workflow puts it into each rule's params and the resumable stages into their run keys,
     so an edit to anything a stage imports never gets old work back."""
     digest = hashlib.sha1()
-    for module in import_closure(entry):
-        digest.update(module.encode() + b"\0" + module_file(module).read_bytes() + b"\0")  # type: ignore[union-attr]
+    for module in import_closure(entry, package_dir):
+        source = module_file(module, package_dir)
+        digest.update(module.encode() + b"\0" + source.read_bytes() + b"\0")  # type: ignore[union-attr]
     return digest.hexdigest()[:12]

@@ -16,7 +16,6 @@ The hook point is the residual stream *output* of decoder block ``model.hook_lay
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -25,9 +24,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from ssae_steps.config import ConfigError, from_mapping, require_at_least, run_stage, to_mapping
+from ssae_steps.cli import run
+from ssae_steps.config import ConfigError, from_mapping, require_at_least, to_mapping
 from ssae_steps.files import atomic_path, remove_stale_temporaries, write_json
 
 log = logging.getLogger("ssae.model")
@@ -263,17 +263,15 @@ def read_manifest(manifest: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(Path(manifest).read_text())
 
 
+def prepare_model_command(
+    params: Annotated[ModelConfig, "the `model` config section"], out_dir: Path, manifest: Path
+) -> None:
+    """Prepare the foundation model: fetch or convert it into a Hugging Face directory."""
+    prepare_model(params, out_dir, manifest)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON object of the `model` config section")
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--manifest", required=True)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        prepare_model(ModelConfig.from_dict(json.loads(args.params)), args.out_dir, args.manifest)
-
-    return run_stage(body)
+    return run(prepare_model_command, argv)
 
 
 if __name__ == "__main__":

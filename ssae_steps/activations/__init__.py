@@ -1,0 +1,1 @@
+"""Residual-stream activations: cached once into verified Arrow shards, read back shuffled."""

@@ -24,18 +24,13 @@ resumes after them (no token is written twice); any other change re-caches. The 
 and BLAKE3 digest (taken right after the shard is written), which
 :class:`~ssae_steps.activations.reader.ActivationShardReader` checks.
 
-Parts (scatter/gather, ``parts`` > 1 in the workflow): a set's shards are split into
-``parts`` contiguous runs (:func:`part_shards`); job i computes only the batches that hold
-rows of its run and writes those shards, plus a part manifest with its raw statistics;
-``activation_gather`` then writes the set's manifest. Every part cuts the same windows in
-the same order and keys its shards with the set's run key, so the gathered shards are the
-very files one job would write (same rows, boundaries and bytes), and the trainer reads
-the set unchanged.
+Parts (scatter/gather, ``parts`` > 1 in the workflow): ``part = (i, n)`` writes only part i
+of the set's shards, plus a part manifest; :mod:`ssae_steps.activations.gather` has the
+scheme and writes the set's manifest from the parts'.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import json
@@ -45,20 +40,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
 from ssae_steps.activations.config import ActivationConfig
-from ssae_steps.activations.shards import SHARD_PATTERN, RunningStats, Shard, ShardWriter, complete_shards
-from ssae_steps.cli import add_device_arguments, device_from
-from ssae_steps.config import (
-    ConfigError,
-    part_range,
-    resolve_device,
-    run_stage,
-    to_mapping,
-)
+from ssae_steps.activations.gather import part_shards
+from ssae_steps.activations.shards import Shard, complete_shards
+from ssae_steps.activations.writer import ShardWriter
+from ssae_steps.cli import run
+from ssae_steps.config import ConfigError, resolve_device, to_mapping
 from ssae_steps.files import code_fingerprint, remove_stale_temporaries, tree_digest, write_json
 
 log = logging.getLogger("ssae.activations")
@@ -192,12 +183,6 @@ def _forward_batch(
     return ids, pos, tok, acts
 
 
-def part_shards(total_rows: int, shard_tokens: int, part: int, parts: int) -> tuple[int, int]:
-    """Shard indices ``[first, last)`` part ``part`` of ``parts`` writes: the set's shards
-    in contiguous runs of near-equal length."""
-    return part_range(math.ceil(total_rows / shard_tokens), part, parts, "activations.parts")
-
-
 def cache_activations(
     cfg: ActivationConfig,
     model_dir: str | Path,
@@ -329,70 +314,24 @@ def cache_activations(
     return info
 
 
-def gather_parts(part_manifests: list[str | Path], manifest: str | Path) -> dict[str, Any]:
-    """The set's manifest from its parts' (see :func:`cache_activations`): shards in order,
-    statistics merged from the parts' sums; parts of different runs or with gaps fail."""
-    parts = sorted((json.loads(Path(p).read_text()) for p in part_manifests), key=lambda m: m["part"])
-    if not parts:
-        raise ConfigError("activations.parts: no part manifests to gather")
-    n = parts[0]["parts"]
-    if [m["part"] for m in parts] != list(range(n)) or any(m["parts"] != n for m in parts):
-        raise ConfigError(f"{manifest}: parts {[m['part'] for m in parts]} are not 0..{n - 1} of one split")
-    if len({m["run_key"] for m in parts}) != 1:
-        raise ConfigError(f"{manifest}: parts from different runs (run keys differ); rerun the parts")
-    expected = 0
-    for m in parts:
-        first, last = m["shard_range"]
-        if first != expected or [s["file"] for s in m["shards"]] != [
-            SHARD_PATTERN.format(i) for i in range(first, last)
-        ]:
-            raise ConfigError(f"{manifest}: part {m['part']} holds shards {m['shard_range']}, expected from {expected}")
-        expected = last
-    info = {k: v for k, v in parts[0].items() if k not in ("part", "parts", "shard_range", "raw_stats")}
-    info["shards"] = [s for m in parts for s in m["shards"]]
-    info["tokens"] = sum(s["rows"] for s in info["shards"])
-    info["stats"] = RunningStats.merged([m["raw_stats"] for m in parts]).summary()
-    info["seconds"] = round(sum(m["seconds"] for m in parts), 2)
-    info["tokens_per_second"] = round(info["tokens"] / max(info["seconds"], 1e-9), 1)
-    info["gathered_parts"] = n
-    write_json(manifest, info)
-    log.info("gathered %d parts: %d tokens in %d shards", n, info["tokens"], len(info["shards"]))
-    return info
+def cache_activations_command(
+    params: Annotated[ActivationConfig, "the activations config"],
+    model_dir: Path,
+    hook_layer: int,
+    table: Path,
+    split: Literal["train", "heldout", "all"],
+    manifest: Path,
+    exclude_heldout_of: list[Path] | None = None,
+    seed: Annotated[int, "document sample under the cap and write order"] = 0,
+    part: Annotated[tuple[int, int] | None, "write part I of N (manifest: the part's)"] = None,
+    device: str = "auto",
+) -> None:
+    """Cache the foundation model's activations at the hook point for a split of a table."""
+    cache_activations(params, model_dir, hook_layer, table, split, manifest, exclude_heldout_of, device, seed, part)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON object of the activations config")
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--hook-layer", type=int, required=True)
-    parser.add_argument("--table", required=True)
-    parser.add_argument("--split", required=True, choices=["train", "heldout", "all"])
-    parser.add_argument("--exclude-heldout-of", nargs="*", default=[])
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--seed", type=int, default=0, help="document sample under the cap and write order")
-    parser.add_argument(
-        "--part", type=int, nargs=2, metavar=("I", "N"), help="write part I of N (manifest: the part's)"
-    )
-    add_device_arguments(parser)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        device = device_from(args)
-        cfg = ActivationConfig.from_dict(json.loads(args.params))
-        cache_activations(
-            cfg,
-            args.model_dir,
-            args.hook_layer,
-            args.table,
-            args.split,
-            args.manifest,
-            args.exclude_heldout_of,
-            device,
-            args.seed,
-            tuple(args.part) if args.part else None,
-        )
-
-    return run_stage(body)
+    return run(cache_activations_command, argv)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
-from ssae_steps.cli import save_figure
-from ssae_steps.config import run_stage
+from ssae_steps.cli import run, save_figure
 from ssae_steps.files import atomic_path
 
 log = logging.getLogger("ssae.corpus_overview")
@@ -72,16 +70,7 @@ def corpus_overview(tables: list[str | Path], out_plot: str | Path, out_table: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", nargs="+", required=True)
-    parser.add_argument("--out-plot", required=True)
-    parser.add_argument("--out-table", required=True)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        corpus_overview(args.tables, args.out_plot, args.out_table)
-
-    return run_stage(body)
+    return run(corpus_overview, argv)
 
 
 if __name__ == "__main__":

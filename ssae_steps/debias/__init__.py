@@ -1,0 +1,1 @@
+"""The Bias in Bios case study: biographies, gender probes and SHIFT ablation."""

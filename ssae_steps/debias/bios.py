@@ -37,18 +37,18 @@ Splits (as in SHIFT / SAEBench SCR), seeded, per real article (its copy follows 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from ssae_steps.config import ConfigError, from_mapping, require_at_least, run_stage
+from ssae_steps.cli import run
+from ssae_steps.config import ConfigError, from_mapping, require_at_least
 from ssae_steps.files import atomic_path
 
 log = logging.getLogger("ssae.bios")
@@ -359,13 +359,17 @@ def build_biographies(cfg: BiosConfig, seed: int, out: str | Path) -> dict[str, 
     return summary
 
 
+def build_biographies_command(
+    params: Annotated[BiosConfig, "debias.data"],
+    out: Annotated[Path, "the biographies table (parquet)"],
+    seed: int = 0,
+) -> None:
+    """Write the labelled biographies with their confounded splits."""
+    build_biographies(params, seed, out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON object of debias.data")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    return run_stage(lambda: build_biographies(BiosConfig.from_dict(json.loads(args.params)), args.seed, args.out))
+    return run(build_biographies_command, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction, spliced loss, tail concepts, the report and the TERM study."""

@@ -23,16 +23,12 @@ Definitions (per evaluation set, every cached test token):
   block's output, so that each SAE's evaluation runs only the spliced model's later blocks
   and head (``ssae_steps.evals.spliced_loss``; exact, not an approximation).
 
-Beside each SAE's metrics (JSON), per-document sums on the test part (``per_doc.parquet``,
-:data:`PER_DOC_COLUMNS`) let the report bootstrap intervals over test documents: token
-count, sum of squared error, sum of x and of ||x||^2 (so the FVU of any resample is
-``sum err / (sum ||x||^2 - N ||mean||^2)`` with the resample's own mean), L0 sum, and over
-the scored windows the predicted tokens, clean and spliced cross-entropy and KL sums.
+Beside each SAE's metrics (JSON), per-document sums on the test part
+(``ssae_steps.evals.per_doc``) let the report bootstrap intervals over test documents.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -40,17 +36,17 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from ssae_steps.activations.reader import load_activation_set
-from ssae_steps.bootstrap import Metric, fvu_metric, ratio
-from ssae_steps.cli import add_device_arguments, device_from
-from ssae_steps.config import ConfigError, run_stage, to_mapping
+from ssae_steps.activations.sets import load_activation_set
+from ssae_steps.cli import run
+from ssae_steps.config import ConfigError, to_mapping
 from ssae_steps.data.splits import in_test_part
 from ssae_steps.evals.config import EvaluationConfig
+from ssae_steps.evals.per_doc import add_window_losses, doc_stats, per_doc_path, write_per_doc
 from ssae_steps.evals.spliced_loss import (
     CleanScores,
     clean_scores,
@@ -59,13 +55,11 @@ from ssae_steps.evals.spliced_loss import (
     window_losses,
     windows_fingerprint,
 )
-from ssae_steps.evals.tail import concept_detection, read_token_types, tail_recall
-from ssae_steps.files import atomic_path, write_json
+from ssae_steps.evals.tail import Activity, read_token_types, tail_detection, type_detection
+from ssae_steps.files import write_json
 from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae
 
 log = logging.getLogger("ssae.evaluate")
-LOSS_COLUMNS = ["loss_tokens", "clean_ce", "spliced_ce", "kl"]
-PER_DOC_COLUMNS = ["set", "doc_id", "tokens", "sq_err", "sum_sq", "l0_sum", *LOSS_COLUMNS, "sum_x"]
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -157,57 +151,6 @@ def reconstruction_metrics(
     return set_metrics(acts, recon, sae.cfg.d_sae, tail_mask, dense_threshold), recon.active_rows, recon.active_latents
 
 
-def doc_stats(doc_ids: np.ndarray, acts: np.ndarray, recon: RowReconstruction) -> dict[str, np.ndarray]:
-    """Per-document sums (documents sorted by id): ``doc_id``, ``tokens``, ``sq_err``,
-    ``sum_sq`` (sum of ||x||^2), ``l0_sum`` and ``sum_x`` ([docs, d_model])."""
-    docs, inverse = np.unique(np.asarray(doc_ids).astype(str), return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(len(docs)))
-    x = acts.astype(np.float64)
-    return {
-        "doc_id": docs,
-        "tokens": np.bincount(inverse, minlength=len(docs)),
-        "sq_err": np.bincount(inverse, weights=recon.sq_err, minlength=len(docs)),
-        "sum_sq": np.bincount(inverse, weights=np.square(x).sum(-1), minlength=len(docs)),
-        "l0_sum": np.bincount(inverse, weights=recon.l0(), minlength=len(docs)),
-        "sum_x": np.add.reduceat(x[order], starts, axis=0) if len(docs) else np.zeros((0, acts.shape[1])),
-    }
-
-
-def doc_metrics(frame: Any) -> dict[str, Metric]:
-    """Bootstrap-ready metrics (``ssae_steps.bootstrap``) of one set's per-document table."""
-    loss_tokens = frame["loss_tokens"].to_numpy()
-    return {
-        "fvu": fvu_metric(frame["sq_err"], frame["tokens"], np.stack(frame["sum_x"].to_numpy()), frame["sum_sq"]),
-        "l0": ratio(frame["l0_sum"], frame["tokens"]),
-        "spliced_loss": ratio(frame["spliced_ce"], loss_tokens),
-        "delta_ce": ratio(frame["spliced_ce"] - frame["clean_ce"], loss_tokens),
-        "kl": ratio(frame["kl"], loss_tokens),
-    }
-
-
-def write_per_doc(path: str | Path, per_set: dict[str, dict[str, np.ndarray]]) -> None:
-    """One row per (set, test document) with :data:`PER_DOC_COLUMNS`, written atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parts = [{"set": np.full(len(stats["doc_id"]), name), **stats} for name, stats in per_set.items()]
-    arrays = {c: pa.array(np.concatenate([p[c] for p in parts])) for c in PER_DOC_COLUMNS if c != "sum_x"}
-    sum_x = np.concatenate([p["sum_x"] for p in parts])
-    arrays["sum_x"] = pa.FixedSizeListArray.from_arrays(pa.array(sum_x.reshape(-1)), sum_x.shape[1])
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table(arrays), tmp)
-
-
-def read_per_doc(path: str | Path) -> dict[str, Any]:
-    """``set name -> per-document DataFrame`` (rows sorted by doc_id; ``sum_x`` holds arrays)."""
-    import pyarrow.parquet as pq
-
-    frame = pq.read_table(path).to_pandas()
-    return {name: part.sort_values("doc_id").reset_index(drop=True) for name, part in frame.groupby("set")}
-
-
 def windows_from_rows(
     doc_id: np.ndarray, position: np.ndarray, token_id: np.ndarray, chunk: int
 ) -> list[tuple[str, list[int]]]:
@@ -285,7 +228,7 @@ def evaluate_baselines(
     return out, cache
 
 
-def _clean_scores_of(
+def cached_clean_scores(
     cache: dict[str, CleanScores] | None, path: str | Path | None, name: str, windows: list[list[int]]
 ) -> CleanScores | None:
     """Set ``name``'s clean scores from ``cache`` (loaded from ``path``), checked against the
@@ -299,75 +242,6 @@ def _clean_scores_of(
             "rerun the evaluation baselines (evaluate baselines --clean-scores) with the same sets, config and seed"
         )
     return cached
-
-
-def _loss_by_doc(stats: dict[str, np.ndarray], windows: list[tuple[str, list[int]]], losses: dict[str, np.ndarray]):
-    """Add the window losses to ``stats`` as per-document sums."""
-    index = np.searchsorted(stats["doc_id"], [doc for doc, _ in windows])
-    for column, key in zip(LOSS_COLUMNS, ["tokens", "clean_ce", "spliced_ce", "kl"], strict=True):
-        stats[column] = np.bincount(index, weights=losses[key], minlength=len(stats["doc_id"]))
-
-
-def _pooled(parts: list[tuple[np.ndarray, RowReconstruction]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows, latents, tokens, offset = [], [], [], 0
-    for token_ids, recon in parts:
-        rows.append(recon.active_rows + offset)
-        latents.append(recon.active_latents)
-        tokens.append(token_ids)
-        offset += len(token_ids)
-    return np.concatenate(rows), np.concatenate(latents), np.concatenate(tokens)
-
-
-def _detections(
-    parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]], concepts: list[int], d_sae: int, chunk: int = 256
-) -> list[dict[str, Any]]:
-    """Each concept's latent chosen on the validation rows of all sets, scored on the test
-    rows (``chunk`` concepts at a time: the counts are a concepts x d_sae matrix)."""
-    validation, test = _pooled(parts["validation"]), _pooled(parts["test"])
-    out = []
-    for start in range(0, len(concepts), chunk):
-        part = concepts[start : start + chunk]
-        chosen = concept_detection(*validation, part, d_sae)
-        scored = concept_detection(*test, part, d_sae, latents=[d["latent"] for d in chosen])
-        out += [
-            {**t, "validation_f1": v["f1"], "validation_support": v["support"]}
-            for v, t in zip(chosen, scored, strict=True)
-        ]
-    return out
-
-
-def _type_detection(
-    parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]],
-    types: list[int],
-    frequencies: np.ndarray,
-    d_sae: int,
-    threshold: float,
-) -> dict[str, list]:
-    """Every evaluable subdomain token type: its general-pool frequency, test F1 of its
-    validation-chosen latent, and whether that captures it (F1 >= ``threshold``)."""
-    found = _detections(parts, types, d_sae)
-    keep = [i for i, d in enumerate(found) if d["support"] and d["validation_support"]]
-    return {
-        "token_id": [types[i] for i in keep],
-        "general_frequency": [float(frequencies[i]) for i in keep],
-        "f1": [found[i]["f1"] for i in keep],
-        "captured": [found[i]["f1"] >= threshold for i in keep],
-    }
-
-
-def _tail_detection(
-    parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]], concepts: list[int], d_sae: int, threshold: float
-) -> dict[str, Any]:
-    """Each concept's latent chosen on the validation rows of all sets, scored on the test rows."""
-    detections = _detections(parts, concepts, d_sae)
-    evaluable = [d for d in detections if d["support"] and d["validation_support"]]
-    return {
-        "concepts": len(concepts),
-        "evaluable": len(evaluable),
-        "recall": tail_recall(evaluable, threshold),
-        "mean_best_f1": float(np.mean([d["f1"] for d in evaluable])) if evaluable else math.nan,
-        "detections": detections,
-    }
 
 
 def evaluate_sae(
@@ -394,7 +268,7 @@ def evaluate_sae(
     clean_cache = load_clean_scores(clean_scores_path) if clean_scores_path is not None else None
     sae.to(device)
     result: dict[str, Any] = {"sae": str(sae_dir), "sets": {}}
-    tail_parts: dict[str, list[tuple[np.ndarray, RowReconstruction]]] = {"validation": [], "test": []}
+    activity: Activity = {"validation": [], "test": []}
     per_set = {}
     # Dead latents over every held-out token of every set (not a choice, so validation
     # rows count too): a latent firing once per 10k tokens is not called dead over 70k.
@@ -414,7 +288,8 @@ def evaluate_sae(
             "fvu": _fvu_of(acts[~test], validation.sq_err),
             "l0": len(validation.active_latents) / int((~test).sum()),
         }
-        stats = doc_stats(held.rows["doc_id"][test], acts[test], recon.subset(test))
+        tested = recon.subset(test)
+        stats = doc_stats(held.rows["doc_id"][test], acts[test], tested.sq_err, tested.l0())
         windows = [ids for _, ids in held.windows]
         losses = window_losses(
             model,
@@ -424,9 +299,9 @@ def evaluate_sae(
             pad,
             cfg.batch_size,
             replace=lambda h: sae(h.reshape(-1, h.shape[-1]))[0].reshape(h.shape),
-            clean=_clean_scores_of(clean_cache, clean_scores_path, name, windows),
+            clean=cached_clean_scores(clean_cache, clean_scores_path, name, windows),
         )
-        _loss_by_doc(stats, held.windows, losses)
+        add_window_losses(stats, held.windows, losses)
         n = int(losses["tokens"].sum())
         metrics |= {
             "docs": len(stats["doc_id"]),
@@ -440,7 +315,8 @@ def evaluate_sae(
         result["sets"][name] = metrics
         per_set[name] = stats
         for part, mask in (("validation", ~test), ("test", test)):
-            tail_parts[part].append((held.rows["token_id"][mask], recon.subset(mask)))
+            in_part = recon.subset(mask)
+            activity[part].append((held.rows["token_id"][mask], in_part.active_rows, in_part.active_latents))
         log.info(
             "%s (test): L0 %.1f, FVU %.4f, delta CE %.4f, KL %.4f nats/token",
             name,
@@ -450,68 +326,68 @@ def evaluate_sae(
             metrics["kl"],
         )
     result["dead"] = {"fraction": float(1 - fired.mean()), "tokens": heldout_tokens}
-    result["tail"] = _tail_detection(tail_parts, concepts, sae.cfg.d_sae, cfg.tail.detection_f1)
+    result["tail"] = tail_detection(activity, concepts, sae.cfg.d_sae, cfg.tail.detection_f1)
     if types_table is not None:
         types, frequencies = read_token_types(types_table)
-        result["types"] = _type_detection(tail_parts, types, frequencies, sae.cfg.d_sae, cfg.tail.detection_f1)
+        result["types"] = type_detection(activity, types, frequencies, sae.cfg.d_sae, cfg.tail.detection_f1)
     result["config"] = to_mapping(cfg)
     write_per_doc(per_doc_out, per_set)
     return result
-
-
-def per_doc_path(run_json: str | Path) -> Path:
-    """Where the per-document sums of the evaluation ``RUN.json`` are: ``RUN.per_doc.parquet``."""
-    path = Path(run_json)
-    return path.with_name(path.name.removesuffix(".json") + ".per_doc.parquet")
 
 
 def _sets(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["sae", "baselines"])
-    parser.add_argument("--params", required=True, help="JSON object of the evaluation config section")
-    parser.add_argument("--sets", nargs="+", required=True, help="NAME=manifest.json of each held-out set")
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--hook-layer", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0, help="which test windows are scored")
-    parser.add_argument("--sae-dir")
-    parser.add_argument("--tail-table")
-    parser.add_argument("--types-table", help="token types of the recall-vs-frequency curve (tail_concepts)")
-    parser.add_argument("--out", required=True, help="the metrics JSON; per-document sums go beside it")
-    parser.add_argument(
-        "--clean-scores", help="baselines: where to write the clean model's scores; sae: where to read them"
+def baselines_command(
+    params: Annotated[EvaluationConfig, "JSON object of the evaluation config section"],
+    sets: Annotated[list[str], "NAME=manifest.json of each held-out set"],
+    model_dir: Path,
+    hook_layer: int,
+    out: Annotated[Path, "the baselines JSON"],
+    seed: Annotated[int, "which test windows are scored"] = 0,
+    clean_scores: Annotated[Path | None, "where to write the clean model's scores"] = None,
+    device: str = "auto",
+) -> None:
+    """Clean and zero-ablation loss on each held-out set's scored test windows."""
+    baselines, cache = evaluate_baselines(params, _sets(sets), model_dir, hook_layer, device, seed)
+    if clean_scores is not None:
+        save_clean_scores(clean_scores, cache)
+    write_json(out, baselines)
+
+
+def sae_command(
+    params: Annotated[EvaluationConfig, "JSON object of the evaluation config section"],
+    sets: Annotated[list[str], "NAME=manifest.json of each held-out set"],
+    model_dir: Path,
+    hook_layer: int,
+    sae_dir: Annotated[str, "the SAE's directory (as written into the metrics JSON)"],
+    tail_table: Path,
+    out: Annotated[Path, "the metrics JSON; per-document sums go beside it"],
+    seed: Annotated[int, "which test windows are scored"] = 0,
+    types_table: Annotated[Path | None, "token types of the recall-vs-frequency curve (tail_concepts)"] = None,
+    clean_scores: Annotated[Path | None, "the baselines' clean scores (else the clean model runs here too)"] = None,
+    device: str = "auto",
+) -> None:
+    """All metrics of one SAE on the test part of every held-out set."""
+    result = evaluate_sae(
+        params,
+        sae_dir,
+        _sets(sets),
+        tail_table,
+        model_dir,
+        hook_layer,
+        device,
+        per_doc_path(out),
+        seed,
+        types_table,
+        clean_scores,
     )
-    add_device_arguments(parser)
-    args = parser.parse_args(argv)
+    write_json(out, result)
 
-    def body() -> None:
-        device = device_from(args)
-        cfg = EvaluationConfig.from_dict(json.loads(args.params))
-        sets = _sets(args.sets)
-        if args.what == "baselines":
-            out, cache = evaluate_baselines(cfg, sets, args.model_dir, args.hook_layer, device, args.seed)
-            if args.clean_scores:
-                save_clean_scores(args.clean_scores, cache)
-        else:
-            out = evaluate_sae(
-                cfg,
-                args.sae_dir,
-                sets,
-                args.tail_table,
-                args.model_dir,
-                args.hook_layer,
-                device,
-                per_doc_path(args.out),
-                args.seed,
-                args.types_table,
-                args.clean_scores,
-            )
-        write_json(args.out, out)
 
-    return run_stage(body)
+def main(argv: list[str] | None = None) -> int:
+    return run({"baselines": baselines_command, "sae": sae_command}, argv)
 
 
 if __name__ == "__main__":

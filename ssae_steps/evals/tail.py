@@ -1,6 +1,6 @@
 """Tail concepts of a subdomain and how well an SAE represents them.
 
-Definition (also in README): a *tail concept* is a token id that is
+Definition (also in docs/evaluation.md): a *tail concept* is a token id that is
 - specific: its frequency in the subdomain's seed documents is at least ``min_ratio``
   times its frequency in the general pool (add-one smoothed counts), and
 - rare overall: its general-pool frequency is at most ``max_general_frequency``, and
@@ -20,26 +20,28 @@ that fires on everything is not a detector):
 Recall against frequency, as the paper plots it: the same detection for *every* token type
 that occurs at least ``min_count`` times in the subdomain's held-out text (not only the
 tail concepts), each with its general-pool frequency, so the share of types an SAE
-captures can be read off per frequency decade (``evaluation_report``).
+captures can be read off per frequency decade (``ssae_steps.evals.report``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import logging
+import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
-from ssae_steps.config import run_stage
+from ssae_steps.cli import run
 from ssae_steps.evals.config import TailConfig
 from ssae_steps.files import atomic_path
 
 log = logging.getLogger("ssae.tail_concepts")
+Activity = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+"""An SAE's firing on the held-out sets, per part (``validation``, ``test``): one
+``(token_ids, active_rows, active_latents)`` per set, rows numbered within the set."""
 
 
 def _padded(counts: np.ndarray, size: int) -> np.ndarray:
@@ -115,6 +117,61 @@ def tail_recall(detections: list[dict[str, float]], threshold: float) -> float:
     return sum(d["f1"] >= threshold for d in detections) / len(detections)
 
 
+def _pooled(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows, latents, tokens, offset = [], [], [], 0
+    for token_ids, active_rows, active_latents in parts:
+        rows.append(active_rows + offset)
+        latents.append(active_latents)
+        tokens.append(token_ids)
+        offset += len(token_ids)
+    return np.concatenate(rows), np.concatenate(latents), np.concatenate(tokens)
+
+
+def detections(activity: Activity, concepts: list[int], d_sae: int, chunk: int = 256) -> list[dict[str, Any]]:
+    """Each concept's latent chosen on the validation rows of all sets, scored on the test
+    rows (``chunk`` concepts at a time: the counts are a concepts x d_sae matrix)."""
+    validation, test = _pooled(activity["validation"]), _pooled(activity["test"])
+    out = []
+    for start in range(0, len(concepts), chunk):
+        part = concepts[start : start + chunk]
+        chosen = concept_detection(*validation, part, d_sae)
+        scored = concept_detection(*test, part, d_sae, latents=[d["latent"] for d in chosen])
+        out += [
+            {**t, "validation_f1": v["f1"], "validation_support": v["support"]}
+            for v, t in zip(chosen, scored, strict=True)
+        ]
+    return out
+
+
+def tail_detection(activity: Activity, concepts: list[int], d_sae: int, threshold: float) -> dict[str, Any]:
+    """Tail-concept recall and mean test F1 over the concepts that occur in both parts
+    (:func:`detections`), with every concept's detection."""
+    found = detections(activity, concepts, d_sae)
+    evaluable = [d for d in found if d["support"] and d["validation_support"]]
+    return {
+        "concepts": len(concepts),
+        "evaluable": len(evaluable),
+        "recall": tail_recall(evaluable, threshold),
+        "mean_best_f1": float(np.mean([d["f1"] for d in evaluable])) if evaluable else math.nan,
+        "detections": found,
+    }
+
+
+def type_detection(
+    activity: Activity, types: list[int], frequencies: np.ndarray, d_sae: int, threshold: float
+) -> dict[str, list]:
+    """Every evaluable subdomain token type: its general-pool frequency, test F1 of its
+    validation-chosen latent, and whether that captures it (F1 >= ``threshold``)."""
+    found = detections(activity, types, d_sae)
+    keep = [i for i, d in enumerate(found) if d["support"] and d["validation_support"]]
+    return {
+        "token_id": [types[i] for i in keep],
+        "general_frequency": [float(frequencies[i]) for i in keep],
+        "f1": [found[i]["f1"] for i in keep],
+        "captured": [found[i]["f1"] >= threshold for i in keep],
+    }
+
+
 def token_types(general_counts: np.ndarray, heldout_counts: np.ndarray, min_count: int) -> list[dict[str, Any]]:
     """Every token type with at least ``min_count`` occurrences in the subdomain's held-out
     text, as rows ``{token_id, heldout_count, general_count, general_frequency}``."""
@@ -152,7 +209,7 @@ def write_tail_table(
     (with each token's text); ``types_out``: every evaluable token type (:func:`token_types`)."""
     from transformers import AutoTokenizer
 
-    from ssae_steps.activations.reader import token_counts
+    from ssae_steps.activations.sets import token_counts
 
     general, heldout = token_counts(general_train), token_counts(subdomain_heldout)
     if types_out is not None:
@@ -177,27 +234,21 @@ def write_tail_table(
     return rows
 
 
+def tail_concepts_command(
+    params: Annotated[TailConfig, "JSON object of evaluation.tail"],
+    subdomain_train: Annotated[Path, "manifest of the seed set's activations"],
+    general_train: Annotated[Path, "manifest of the pool's training activations"],
+    subdomain_heldout: Path,
+    model_dir: Path,
+    out: Path,
+    types_out: Annotated[Path | None, "CSV of every token type with >= min_count held-out occurrences"] = None,
+) -> None:
+    """Pick the subdomain's tail concepts (and list every evaluable token type)."""
+    write_tail_table(params, subdomain_train, general_train, subdomain_heldout, model_dir, out, types_out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON object of evaluation.tail")
-    parser.add_argument("--subdomain-train", required=True, help="manifest of the seed set's activations")
-    parser.add_argument("--general-train", required=True, help="manifest of the pool's training activations")
-    parser.add_argument("--subdomain-heldout", required=True)
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--types-out", help="CSV of every token type with >= min_count held-out occurrences")
-    args = parser.parse_args(argv)
-    return run_stage(
-        lambda: write_tail_table(
-            TailConfig.from_dict(json.loads(args.params)),
-            args.subdomain_train,
-            args.general_train,
-            args.subdomain_heldout,
-            args.model_dir,
-            args.out,
-            args.types_out,
-        )
-    )
+    return run(tail_concepts_command, argv)
 
 
 if __name__ == "__main__":

@@ -2,40 +2,38 @@
 data) at tilts spanning orders of magnitude, at several k, against plain ERM (t = 0).
 
 Per (tilt, k), on the test part of the held-out sets, with the intervals of
-``evaluation_report`` (seed mean; document bootstrap, plus the seed spread where a run has
-several seeds): FVU, ΔCE and KL; tail-token FVU and tail-concept recall (point values: they
-rest on a handful of tokens); the share of subdomain token types captured, over all
-evaluable types and over the rare ones (general-pool frequency at most ``rare_frequency``),
+``ssae_steps.evals.compare`` (seed mean; document bootstrap, plus the seed spread where a
+run has several seeds): FVU, ΔCE and KL; tail-token FVU and tail-concept recall (point
+values: they rest on a handful of tokens); the share of subdomain token types captured, over
+all evaluable types and over the rare ones (general-pool frequency at most ``rare_frequency``),
 with a bootstrap interval over types; and the tilt's own diagnostics from training (mean
 effective sample size of the weights and top-1% weight share). Each tilted run is compared
 with the t = 0 run at the same k, seed s with seed s, and a difference is a finding only
 when its interval excludes zero.
 
-The tilt applies to the reconstruction term only (``sae.tilted_loss``), scale-free by
+The tilt applies to the reconstruction term only (``sae.objective.tilted_loss``), scale-free by
 default (``training.tilt_scale``), for every architecture.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from ssae_steps.bootstrap import ratio, seed_interval
-from ssae_steps.cli import save_figure
-from ssae_steps.config import run_stage
-from ssae_steps.evals.report import (
+from ssae_steps.cli import run, save_figure
+from ssae_steps.evals.compare import (
     PCT,
     Bootstrap,
-    _ci,
-    _clause,
+    comparison_clause,
     comparisons,
+    interval_text,
     load_runs,
     metrics_table,
 )
@@ -196,12 +194,12 @@ def term_study(
     ]
     if compared.empty:
         lines.append("No tilted run to compare.")
-    for (run, set_name), part in compared.groupby(["run", "set"], sort=False):
-        r = table[(table["run"] == run) & (table["set"] == set_name)].iloc[0]
+    for (run_name, set_name), part in compared.groupby(["run", "set"], sort=False):
+        r = table[(table["run"] == run_name) & (table["set"] == set_name)].iloc[0]
         n = int(part["n_seeds"].iloc[0])
         lines.append(
             f"- t={r['tilt']:g}, k={r['k']}, {set_name} ({n} seed{'s' * (n > 1)}): "
-            + "; ".join(_clause(row) for _, row in part.iterrows())
+            + "; ".join(comparison_clause(row) for _, row in part.iterrows())
             + "."
         )
     lines += ["", "## Every run (subdomain test text)", ""]
@@ -212,39 +210,42 @@ def term_study(
     lines += [header, "|" + " --- |" * 11]
     for _, r in table[table["set"] == "subdomain"].iterrows():
         lines.append(
-            f"| {r['tilt']:g} | {r['k']} | {r['n_seeds']} | {_ci(r, 'fvu')} | {_ci(r, 'delta_ce')} | "
-            f"{r['tail_fvu']:.4f} | {r['tail_recall']:.3f} | {_ci(r, 'captured_all')} | "
-            f"{_ci(r, 'captured_rare')} | {r['tilt_ess']:.3f} | {r['tail_upweight']:.2f} |"
+            f"| {r['tilt']:g} | {r['k']} | {r['n_seeds']} | {interval_text(r, 'fvu')} | "
+            f"{interval_text(r, 'delta_ce')} | "
+            f"{r['tail_fvu']:.4f} | {r['tail_recall']:.3f} | {interval_text(r, 'captured_all')} | "
+            f"{interval_text(r, 'captured_rare')} | {r['tilt_ess']:.3f} | {r['tail_upweight']:.2f} |"
         )
     write_text(out_summary, "\n".join(lines) + "\n")
     log.info("wrote %s", out_summary)
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", required=True, help="JSON object: SSAE run name -> evaluation JSON")
-    parser.add_argument("--train-logs", required=True, help="JSON object: run name -> train_log.csv")
-    parser.add_argument("--baselines", required=True)
-    parser.add_argument("--rare-frequency", type=float, required=True)
-    parser.add_argument("--bootstrap-samples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-table", required=True)
-    parser.add_argument("--out-plot", required=True)
-    parser.add_argument("--out-summary", required=True)
-    args = parser.parse_args(argv)
-    return run_stage(
-        lambda: term_study(
-            json.loads(args.runs),
-            json.loads(args.train_logs),
-            args.baselines,
-            args.rare_frequency,
-            args.out_table,
-            args.out_plot,
-            args.out_summary,
-            Bootstrap(args.bootstrap_samples, args.seed),
-        )
+def term_study_command(
+    runs: Annotated[dict[str, str], "JSON object: SSAE run name -> evaluation JSON"],
+    train_logs: Annotated[dict[str, str], "JSON object: run name -> train_log.csv"],
+    baselines: Path,
+    rare_frequency: float,
+    out_table: Path,
+    out_plot: Path,
+    out_summary: Path,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> None:
+    """TERM study: tilted SSAEs against plain ERM at the same k (table, plot, summary)."""
+    term_study(
+        runs,
+        train_logs,
+        baselines,
+        rare_frequency,
+        out_table,
+        out_plot,
+        out_summary,
+        Bootstrap(bootstrap_samples, seed),
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(term_study_command, argv)
 
 
 if __name__ == "__main__":

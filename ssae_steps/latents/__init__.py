@@ -1,0 +1,1 @@
+"""Latents up close: top contexts, GSAE-to-SSAE lineage, the HTML browser."""

@@ -3,8 +3,9 @@ an SSAE's latents and the GSAE latents it dropped, with sort, filter and pages, 
 latent its top-activating held-out contexts (tokens shaded by activation), activation
 histogram, logit-lens tokens, nearest GSAE latent and lineage class.
 
-The data are precomputed by :mod:`ssae_steps.latents.lineage` and embedded as one JSON object;
-the page renders only the current page of the list and the selected latent, so thousands
+:mod:`ssae_steps.latents.lineage` computes both SAEs' codes and classes; the per-latent
+records (contexts, histogram, logit lens) are built here and embedded as one JSON object.
+The page renders only the current page of the list and the selected latent, so thousands
 of latents stay fast.
 """
 
@@ -15,7 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from ssae_steps.files import write_text
+from ssae_steps.latents.config import LineageConfig
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Latent browser: __TITLE__</title>
@@ -126,6 +131,72 @@ document.getElementById("next").addEventListener("click", () => { page += 1; ren
 apply();
 </script></body></html>
 """
+
+
+@torch.no_grad()
+def logit_lens(directions: torch.Tensor, unembed: torch.Tensor, k: int, chunk: int = 256) -> np.ndarray:
+    """The ``k`` token ids each direction raises most through the unembedding (the final
+    norm's per-dimension scale is folded into ``unembed`` by the caller)."""
+    out = []
+    for start in range(0, len(directions), chunk):
+        out.append((directions[start : start + chunk] @ unembed.T).topk(k, dim=1).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), int)
+
+
+def unembedding(model_dir: str | Path) -> torch.Tensor:
+    """Output embedding ``[vocab, d_model]`` with the final RMSNorm scale folded in
+    (Gemma's norm multiplies by ``1 + weight``)."""
+    from ssae_steps.model import load_model
+
+    model, _ = load_model(model_dir)
+    unembed = model.get_output_embeddings().weight.detach().float()
+    norm = getattr(getattr(model, "model", model), "norm", None)
+    if norm is not None and getattr(norm, "weight", None) is not None:
+        scale = norm.weight.detach().float()
+        unembed = unembed * ((1 + scale) if "gemma" in model.config.model_type else scale)
+    return unembed
+
+
+def top_contexts(codes: Any, latent: int, rows: dict[str, np.ndarray], index: dict, cfg: LineageConfig) -> list:
+    """The latent's ``cfg.contexts`` strongest held-out firings as ``[(token id, activation
+    of this latent), ...]`` windows, the firing token at position ``context_before``
+    (or earlier where the document starts)."""
+    column = codes[:, latent]
+    if not column.nnz:
+        return []
+    order = np.argsort(-column.data, kind="stable")[: cfg.contexts]
+    out = []
+    for r in column.indices[order]:
+        doc, pos = rows["doc_id"][r], int(rows["position"][r])
+        window = []
+        for p in range(pos - cfg.context_before, pos + cfg.context_after + 1):
+            j = index.get((doc, p))
+            if j is not None:
+                window.append((int(rows["token_id"][j]), float(codes[j, latent])))
+        out.append(window)
+    return out
+
+
+def browser_records(
+    name: str, codes: Any, latents: np.ndarray, rows: dict, index: dict, lens: np.ndarray, cfg: LineageConfig
+) -> list[dict[str, Any]]:
+    """Per latent: contexts, activation histogram and logit-lens tokens (ids to decode)."""
+    out = []
+    for i, latent in enumerate(latents):
+        column = codes[:, int(latent)]
+        values = column.data
+        hist = np.histogram(values, bins=12, range=(0, float(values.max()) if len(values) else 1.0))[0]
+        out.append(
+            {
+                "sae": name,
+                "latent": int(latent),
+                "ctx": top_contexts(codes, int(latent), rows, index, cfg),
+                "hist": hist.tolist(),
+                "hist_max": float(values.max()) if len(values) else 0.0,
+                "lens": lens[i].tolist(),
+            }
+        )
+    return out
 
 
 def write_browser(

@@ -9,18 +9,17 @@ does not have.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from ssae_steps.activations.reader import load_activation_set
-from ssae_steps.config import run_stage
+from ssae_steps.activations.sets import load_activation_set
+from ssae_steps.cli import run
+from ssae_steps.evals.config import EvaluationConfig
 from ssae_steps.files import write_text
 from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae
 
@@ -122,33 +121,23 @@ def top_latent_contexts(
     return found
 
 
+def top_latents_command(
+    ssae_dir: Path,
+    gsae_dir: Path,
+    subdomain_set: Annotated[Path, "held-out subdomain activation manifest"],
+    general_set: Annotated[Path, "held-out general activation manifest"],
+    model_dir: Path,
+    params: Annotated[EvaluationConfig, "the evaluation config section"],
+    out: Path,
+) -> None:
+    """Write the top specialised latents of an SSAE with their strongest held-out contexts."""
+    top_latent_contexts(
+        ssae_dir, gsae_dir, subdomain_set, general_set, model_dir, out, params.top_latents, params.contexts_per_latent
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ssae-dir", required=True)
-    parser.add_argument("--gsae-dir", required=True)
-    parser.add_argument("--subdomain-set", required=True)
-    parser.add_argument("--general-set", required=True)
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--params", required=True, help="JSON object of the evaluation config section")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        from ssae_steps.evals.config import EvaluationConfig
-
-        cfg = EvaluationConfig.from_dict(json.loads(args.params))
-        top_latent_contexts(
-            args.ssae_dir,
-            args.gsae_dir,
-            args.subdomain_set,
-            args.general_set,
-            args.model_dir,
-            args.out,
-            cfg.top_latents,
-            cfg.contexts_per_latent,
-        )
-
-    return run_stage(body)
+    return run(top_latents_command, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """GSAE -> SSAE lineage: which latents a specialised SAE kept, moved or added, and which
-general latents it dropped; plus the latent browser page for the pair.
+general latents it dropped; plus the latent browser page for the pair
+(:mod:`ssae_steps.latents.browser`).
 
 Every SSAE latent is matched to the GSAE latent with the most similar decoder direction
 (cosine of unit decoder rows in raw activation units), and its activations are correlated
@@ -21,21 +22,21 @@ and so to that latent's class.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from ssae_steps.cli import save_figure
-from ssae_steps.config import run_stage, to_mapping
+from ssae_steps.cli import run, save_figure
+from ssae_steps.config import to_mapping
 from ssae_steps.files import atomic_path, write_text
+from ssae_steps.latents.browser import browser_records, logit_lens, unembedding, write_browser
 from ssae_steps.latents.config import LineageConfig
 from ssae_steps.latents.contexts import firing_ratio
 from ssae_steps.sae.autoencoder import SparseAutoencoder
@@ -151,72 +152,6 @@ def concept_owners(codes: Any, token_ids: np.ndarray, concepts: list[int], min_f
     return owners
 
 
-@torch.no_grad()
-def logit_lens(directions: torch.Tensor, unembed: torch.Tensor, k: int, chunk: int = 256) -> np.ndarray:
-    """The ``k`` token ids each direction raises most through the unembedding (the final
-    norm's per-dimension scale is folded into ``unembed`` by the caller)."""
-    out = []
-    for start in range(0, len(directions), chunk):
-        out.append((directions[start : start + chunk] @ unembed.T).topk(k, dim=1).indices.numpy())
-    return np.concatenate(out) if out else np.zeros((0, k), int)
-
-
-def _unembedding(model_dir: str | Path) -> torch.Tensor:
-    """Output embedding ``[vocab, d_model]`` with the final RMSNorm scale folded in
-    (Gemma's norm multiplies by ``1 + weight``)."""
-    from ssae_steps.model import load_model
-
-    model, _ = load_model(model_dir)
-    unembed = model.get_output_embeddings().weight.detach().float()
-    norm = getattr(getattr(model, "model", model), "norm", None)
-    if norm is not None and getattr(norm, "weight", None) is not None:
-        scale = norm.weight.detach().float()
-        unembed = unembed * ((1 + scale) if "gemma" in model.config.model_type else scale)
-    return unembed
-
-
-def top_contexts(codes: Any, latent: int, rows: dict[str, np.ndarray], index: dict, cfg: LineageConfig) -> list:
-    """The latent's ``cfg.contexts`` strongest held-out firings as ``[(token id, activation
-    of this latent), ...]`` windows, the firing token at position ``context_before``
-    (or earlier where the document starts)."""
-    column = codes[:, latent]
-    if not column.nnz:
-        return []
-    order = np.argsort(-column.data, kind="stable")[: cfg.contexts]
-    out = []
-    for r in column.indices[order]:
-        doc, pos = rows["doc_id"][r], int(rows["position"][r])
-        window = []
-        for p in range(pos - cfg.context_before, pos + cfg.context_after + 1):
-            j = index.get((doc, p))
-            if j is not None:
-                window.append((int(rows["token_id"][j]), float(codes[j, latent])))
-        out.append(window)
-    return out
-
-
-def browser_records(
-    name: str, codes: Any, latents: np.ndarray, rows: dict, index: dict, lens: np.ndarray, cfg: LineageConfig
-) -> list[dict[str, Any]]:
-    """Per latent: contexts, activation histogram and logit-lens tokens (ids to decode)."""
-    out = []
-    for i, latent in enumerate(latents):
-        column = codes[:, int(latent)]
-        values = column.data
-        hist = np.histogram(values, bins=12, range=(0, float(values.max()) if len(values) else 1.0))[0]
-        out.append(
-            {
-                "sae": name,
-                "latent": int(latent),
-                "ctx": top_contexts(codes, int(latent), rows, index, cfg),
-                "hist": hist.tolist(),
-                "hist_max": float(values.max()) if len(values) else 0.0,
-                "lens": lens[i].tolist(),
-            }
-        )
-    return out
-
-
 def _plot(table: Any, lin: Lineage, out: Path) -> None:
     import matplotlib
 
@@ -285,9 +220,11 @@ def lineage(
     out_dir: str | Path,
     detect_f1: float = 0.5,
 ) -> Any:
+    """Write ``latents.csv``, ``dropped.csv``, ``lineage.png``, ``summary.md`` and
+    ``browser.html`` into ``out_dir``; returns the per-latent table."""
     import pandas as pd
 
-    from ssae_steps.activations.reader import load_activation_set
+    from ssae_steps.activations.sets import load_activation_set
     from ssae_steps.sae.autoencoder import load_sae
 
     out_dir = Path(out_dir)
@@ -355,10 +292,8 @@ def lineage(
         _summary(table, lin, concept_counts, cfg, names) + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n",
     )
 
-    from ssae_steps.latents.browser import write_browser
-
     index = {(d, int(p)): i for i, (d, p) in enumerate(zip(rows["doc_id"], rows["position"], strict=True))}
-    unembed = _unembedding(model_dir)
+    unembed = unembedding(model_dir)
     live = np.flatnonzero(lin.live)
     s_lens = logit_lens(decoder_directions(ssae)[live], unembed, cfg.logit_tokens)
     g_lens = logit_lens(decoder_directions(gsae)[lin.dropped], unembed, cfg.logit_tokens)
@@ -384,32 +319,25 @@ def lineage(
     return table
 
 
+def lineage_command(
+    params: Annotated[LineageConfig, "the lineage config section"],
+    gsae_dir: Path,
+    ssae_dir: Path,
+    subdomain_set: Annotated[Path, "held-out subdomain activation manifest"],
+    general_set: Annotated[Path, "held-out general activation manifest"],
+    model_dir: Path,
+    out_dir: Path,
+    tail_tokens: Annotated[Path | None, "the evaluation's tail concepts (csv)"] = None,
+    token_types: Annotated[Path | None, "rare subdomain token types (csv)"] = None,
+    detect_f1: float = 0.5,
+) -> None:
+    """Match an SSAE's latents to its GSAE's, classify them, and write the latent browser."""
+    sets = {"subdomain": subdomain_set, "general": general_set}
+    lineage(params, gsae_dir, ssae_dir, sets, model_dir, tail_tokens, token_types, out_dir, detect_f1)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON object of the lineage config section")
-    parser.add_argument("--gsae-dir", required=True)
-    parser.add_argument("--ssae-dir", required=True)
-    parser.add_argument("--subdomain-set", required=True)
-    parser.add_argument("--general-set", required=True)
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--tail-tokens")
-    parser.add_argument("--token-types")
-    parser.add_argument("--detect-f1", type=float, default=0.5)
-    parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    return run_stage(
-        lambda: lineage(
-            LineageConfig.from_dict(json.loads(args.params)),
-            args.gsae_dir,
-            args.ssae_dir,
-            {"subdomain": args.subdomain_set, "general": args.general_set},
-            args.model_dir,
-            args.tail_tokens,
-            args.token_types,
-            args.out_dir,
-            args.detect_f1,
-        )
-    )
+    return run(lineage_command, argv)
 
 
 if __name__ == "__main__":

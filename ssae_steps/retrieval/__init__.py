@@ -1,0 +1,1 @@
+"""Data selection: embeddings, the faiss index, retrieval strategies and TracIn reranking."""

@@ -16,7 +16,6 @@ rounding: the embedder batches each part's documents by length on its own.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -24,15 +23,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from ssae_steps.cli import run
 from ssae_steps.config import (
     ConfigError,
     part_range,
     resolve_device,
-    run_stage,
 )
 from ssae_steps.files import atomic_path, write_json
 from ssae_steps.retrieval.config import EmbedderConfig
@@ -179,22 +178,20 @@ def load_embeddings(vectors: str | Path, meta: str | Path) -> tuple[np.ndarray, 
     return array, info["doc_ids"]
 
 
+def embed_corpus_command(
+    params: Annotated[EmbedderConfig, "retrieval.embedder"],
+    table: Path,
+    out_vectors: Path,
+    out_meta: Path,
+    part: Annotated[tuple[int, int] | None, "embed only part I of N"] = None,
+    device: str = "auto",
+) -> None:
+    """Embed a corpus's documents with the sentence embedder."""
+    embed_corpus(params, table, out_vectors, out_meta, device, part)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON object of retrieval.embedder")
-    parser.add_argument("--table", required=True)
-    parser.add_argument("--out-vectors", required=True)
-    parser.add_argument("--out-meta", required=True)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--part", nargs=2, type=int, metavar=("I", "N"), help="embed only part I of N")
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        cfg = EmbedderConfig.from_dict(json.loads(args.params))
-        part = tuple(args.part) if args.part else None
-        embed_corpus(cfg, args.table, args.out_vectors, args.out_meta, args.device, part)
-
-    return run_stage(body)
+    return run(embed_corpus_command, argv)
 
 
 if __name__ == "__main__":

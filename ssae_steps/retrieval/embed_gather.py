@@ -3,20 +3,23 @@ meta (:func:`ssae_steps.retrieval.embed.gather_embeddings`): the scatter/gather 
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
+from typing import Annotated
 
-from ssae_steps.config import run_stage
+from ssae_steps.cli import run
 from ssae_steps.retrieval.embed import gather_embeddings
 
 
+def gather_embeddings_command(
+    parts: Annotated[list[Path], "the parts' meta files (each beside its .npy)"], out_vectors: Path, out_meta: Path
+) -> None:
+    """Gather the parts of a corpus's embedding into one array and meta file."""
+    gather_embeddings(parts, out_vectors, out_meta)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", required=True, help="the parts' meta files (each beside its .npy)")
-    parser.add_argument("--out-vectors", required=True)
-    parser.add_argument("--out-meta", required=True)
-    args = parser.parse_args(argv)
-    return run_stage(lambda: gather_embeddings(args.parts, args.out_vectors, args.out_meta))
+    return run(gather_embeddings_command, argv)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,16 @@ recall for speed on large pools.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
-from ssae_steps.config import run_stage, to_mapping
+from ssae_steps.cli import run
+from ssae_steps.config import to_mapping
 from ssae_steps.files import atomic_path, write_json
 from ssae_steps.retrieval.config import IndexConfig
 from ssae_steps.retrieval.embed import load_embeddings
@@ -78,21 +77,20 @@ def read_index(path: str | Path) -> Any:
     return faiss.read_index(str(path))
 
 
+def build_index_command(
+    params: Annotated[IndexConfig, "retrieval.index"],
+    vectors: Path,
+    meta: Path,
+    out_index: Path,
+    out_meta: Path,
+    seed: int = 0,
+) -> None:
+    """Build the faiss index over the pool's embeddings."""
+    build_pool_index(params, vectors, meta, out_index, out_meta, seed)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON object of retrieval.index")
-    parser.add_argument("--vectors", required=True)
-    parser.add_argument("--meta", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-index", required=True)
-    parser.add_argument("--out-meta", required=True)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        cfg = IndexConfig.from_dict(json.loads(args.params))
-        build_pool_index(cfg, args.vectors, args.meta, args.out_index, args.out_meta, args.seed)
-
-    return run_stage(body)
+    return run(build_index_command, argv)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,12 @@ direct, label-based measure of retrieval precision)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from ssae_steps.cli import save_figure
-from ssae_steps.config import run_stage
+from ssae_steps.cli import run, save_figure
 from ssae_steps.files import write_json, write_text
 
 log = logging.getLogger("ssae.retrieval_report")
@@ -155,18 +153,7 @@ def retrieval_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", nargs="+", required=True)
-    parser.add_argument("--subdomain", required=True)
-    parser.add_argument("--out-md", required=True)
-    parser.add_argument("--out-json", required=True)
-    parser.add_argument("--out-plot", required=True)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        retrieval_report(args.tables, args.subdomain, args.out_md, args.out_json, args.out_plot)
-
-    return run_stage(body)
+    return run(retrieval_report, argv)
 
 
 if __name__ == "__main__":

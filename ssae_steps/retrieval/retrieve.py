@@ -25,22 +25,20 @@ the subdomain are never retrieved, and no document appears twice.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
-from ssae_steps.config import ConfigError, run_stage
+from ssae_steps.cli import run
+from ssae_steps.config import ConfigError
 from ssae_steps.files import atomic_path, write_json
 from ssae_steps.retrieval.config import (
-    STRATEGIES,
     TRACIN_STRATEGIES,
     RetrievalConfig,
     Strategy,
@@ -313,44 +311,33 @@ def _dense(
     return positions, scores, seeds, k
 
 
+def select_command(
+    strategy: Strategy,
+    params: Annotated[RetrievalConfig, "the retrieval config"],
+    seed_table: Path,
+    pool_table: Path,
+    model_dir: Annotated[Path, "foundation model dir (its tokenizer counts tokens)"],
+    out_table: Path,
+    out_summary: Path,
+    seed: int = 0,
+    pool_vectors: Path | None = None,
+    pool_meta: Path | None = None,
+    pool_index: Path | None = None,
+    seed_vectors: Path | None = None,
+    seed_meta: Path | None = None,
+) -> None:
+    """Select a subdomain's training documents from the pool with one strategy."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    dense = None
+    if strategy == "dense":
+        dense = DenseInputs(pool_vectors, pool_meta, pool_index, seed_vectors, seed_meta)
+    select(strategy, params, seed_table, pool_table, tokenizer, out_table, out_summary, seed, dense)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategy", required=True, choices=STRATEGIES)
-    parser.add_argument("--params", required=True, help="JSON object of the retrieval config")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seed-table", required=True)
-    parser.add_argument("--pool-table", required=True)
-    parser.add_argument("--model-dir", required=True, help="foundation model dir (its tokenizer counts tokens)")
-    parser.add_argument("--pool-vectors")
-    parser.add_argument("--pool-meta")
-    parser.add_argument("--pool-index")
-    parser.add_argument("--seed-vectors")
-    parser.add_argument("--seed-meta")
-    parser.add_argument("--out-table", required=True)
-    parser.add_argument("--out-summary", required=True)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        from transformers import AutoTokenizer
-
-        cfg = RetrievalConfig.from_dict(json.loads(args.params))
-        tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
-        dense = None
-        if args.strategy == "dense":
-            dense = DenseInputs(args.pool_vectors, args.pool_meta, args.pool_index, args.seed_vectors, args.seed_meta)
-        select(
-            args.strategy,
-            cfg,
-            args.seed_table,
-            args.pool_table,
-            tokenizer,
-            args.out_table,
-            args.out_summary,
-            args.seed,
-            dense,
-        )
-
-    return run_stage(body)
+    return run(select_command, argv)
 
 
 if __name__ == "__main__":

@@ -36,14 +36,13 @@ form to use when per-document gradients have to be stored, and a check on the ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,9 +50,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ssae_steps.activations.reader import ActivationShardReader
-from ssae_steps.config import ConfigError, run_stage
+from ssae_steps.cli import run
+from ssae_steps.config import ConfigError
 from ssae_steps.files import atomic_path, write_json
 from ssae_steps.retrieval.config import TracInConfig
+from ssae_steps.retrieval.retrieve import selection_counts, take_within_budget
 from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae
 
 log = logging.getLogger("ssae.tracin")
@@ -70,7 +71,8 @@ def base_strategy(strategy: str) -> str:
     return base
 
 
-def _params(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
+def sae_parameters(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
+    """Every trainable parameter of the SAE by name: the ``theta`` of the scores."""
     return {name: p for name, p in sae.named_parameters()}
 
 
@@ -86,12 +88,12 @@ def seed_gradient(
     """``grad L_seed``: L_seed is the mean over seed documents of their mean token loss."""
     counts = np.bincount(doc)
     weights = torch.from_numpy(1.0 / (counts[doc] * len(counts[counts > 0]))).float()
-    grads = {name: torch.zeros_like(p) for name, p in _params(sae).items()}
+    grads = {name: torch.zeros_like(p) for name, p in sae_parameters(sae).items()}
     for start in range(0, len(x), batch_tokens):
         part = slice(start, start + batch_tokens)
         sae.zero_grad(set_to_none=True)
         (weights[part] * token_losses(sae, x[part])).sum().backward()
-        for name, p in _params(sae).items():
+        for name, p in sae_parameters(sae).items():
             if p.grad is not None:
                 grads[name] += p.grad
     sae.zero_grad(set_to_none=True)
@@ -99,7 +101,7 @@ def seed_gradient(
 
 
 @torch.no_grad()
-def _topk_directional(sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, torch.Tensor]) -> torch.Tensor:
+def topk_directional_derivatives(sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, torch.Tensor]) -> torch.Tensor:
     """d l_t / d eps at theta + eps G for every token, written out for a TopK SAE: only the
     k active latents (and b_dec) move the reconstruction, so the derivative needs the
     encoder pass and k gathered rows per token."""
@@ -120,10 +122,12 @@ def _topk_directional(sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, torc
     return 2.0 * (error * d_recon).sum(-1) / sae.cfg.d_in
 
 
-def _autograd_directional(sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, torch.Tensor]) -> torch.Tensor:
+def autograd_directional_derivatives(
+    sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """The same for any architecture: ``d/du <grad sum_t u_t l_t, G>`` at u = 1."""
     u = torch.ones(len(x), requires_grad=True)
-    params = _params(sae)
+    params = sae_parameters(sae)
     losses = token_losses(sae, x)
     grads = torch.autograd.grad((u * losses).sum(), list(params.values()), create_graph=True, allow_unused=True)
     inner = sum((gr * g[name]).sum() for gr, name in zip(grads, params, strict=True) if gr is not None)
@@ -134,8 +138,8 @@ def _autograd_directional(sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, 
 def directional_derivatives(sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, torch.Tensor]) -> torch.Tensor:
     """``<grad_theta l_t, G>`` for every token t of ``x``."""
     if sae.cfg.architecture == "topk":
-        return _topk_directional(sae, x, g)
-    return _autograd_directional(sae, x, g)
+        return topk_directional_derivatives(sae, x, g)
+    return autograd_directional_derivatives(sae, x, g)
 
 
 class CountSketch:
@@ -169,7 +173,7 @@ def document_gradients(
     for d in documents:
         sae.zero_grad(set_to_none=True)
         token_losses(sae, x[torch.from_numpy(doc == d)]).mean().backward()
-        grads = {name: p.grad.detach().clone() for name, p in _params(sae).items() if p.grad is not None}
+        grads = {name: p.grad.detach().clone() for name, p in sae_parameters(sae).items() if p.grad is not None}
         rows.append(sketch(grads) if sketch is not None else torch.cat([v.reshape(-1) for v in grads.values()]))
     sae.zero_grad(set_to_none=True)
     return documents, torch.stack(rows)
@@ -215,7 +219,7 @@ def influence_scores(
         xs, docs = zip(*batches, strict=True)
         x, doc = torch.cat(xs), np.concatenate(docs)
         for snap, g in zip(snapshots, gradients, strict=True):
-            sketch = CountSketch({n: p.shape for n, p in _params(snap.sae).items()}, cfg.projection_dim)
+            sketch = CountSketch({n: p.shape for n, p in sae_parameters(snap.sae).items()}, cfg.projection_dim)
             documents, grads = document_gradients(snap.sae, x, doc, sketch)
             totals[documents] += snap.weight * (grads @ sketch(g)).double().numpy()
         return totals
@@ -229,8 +233,6 @@ def influence_scores(
 def rerank(candidates: Any, scores: np.ndarray, token_budget: int, strategy: str) -> Any:
     """The selection: seed documents first (within the budget), then retrieved candidates in
     TracIn score order until the first that would overflow the budget."""
-    from ssae_steps.retrieval.retrieve import take_within_budget
-
     seeds = candidates[candidates["origin"] == "seed"]
     seed_take, _ = take_within_budget(np.arange(len(seeds)), seeds["n_tokens"].to_numpy(), token_budget)
     seeds = seeds.iloc[seed_take]
@@ -249,7 +251,7 @@ def rerank(candidates: Any, scores: np.ndarray, token_budget: int, strategy: str
     return table
 
 
-def run(
+def select_by_tracin(
     strategy: str,
     cfg: TracInConfig,
     token_budget: int,
@@ -262,8 +264,6 @@ def run(
     """Score the candidates of ``candidates_path`` (a retrieval table) and write the selection."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ssae_steps.retrieval.retrieve import selection_counts  # retrieve imports this module's config
 
     started = time.time()
     candidates = pq.read_table(candidates_path).to_pandas()
@@ -318,7 +318,7 @@ def run(
         "base_top_documents": len(base_top),
         "tracin": {
             "loss": "GSAE reconstruction loss ||x - x_hat||^2 / d_in (normalised units), mean over a document's tokens",
-            "parameters": sorted(_params(snapshots[0].sae)),
+            "parameters": sorted(sae_parameters(snapshots[0].sae)),
             "checkpoints": [{"step": s.step, "lr_weight": s.weight} for s in snapshots],
             "seed_documents": int(is_seed.sum()),
             "projection": (
@@ -342,42 +342,30 @@ def run(
 
 def _base_top(pool: Any, budget: int) -> list[str]:
     """The documents the base strategy alone would pick at this budget (its rank order)."""
-    from ssae_steps.retrieval.retrieve import take_within_budget
-
     ordered = pool.sort_values("rank")
     taken, _ = take_within_budget(np.arange(len(ordered)), ordered["n_tokens"].to_numpy(), budget)
     return ordered["doc_id"].iloc[taken].tolist()
 
 
+def tracin_command(
+    strategy: Literal["dense_tracin", "bm25_tracin"],
+    params: Annotated[TracInConfig, "retrieval.tracin"],
+    token_budget: int,
+    candidates: Annotated[Path, "retrieval table of the candidates"],
+    activations: Annotated[Path, "activation manifest of the candidates"],
+    gsae: Annotated[Path, "GSAE run directory (sae/ and snapshots/)"],
+    out_table: Path,
+    out_summary: Path,
+    threads: Annotated[int, "torch CPU threads (0: torch default)"] = 0,
+) -> None:
+    """Rerank a base strategy's candidates by TracIn influence on the seed set and write the selection."""
+    if threads:
+        torch.set_num_threads(threads)
+    select_by_tracin(strategy, params, token_budget, candidates, activations, gsae, out_table, out_summary)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategy", required=True, choices=[b + "_tracin" for b in BASES])
-    parser.add_argument("--params", required=True, help="JSON object of retrieval.tracin")
-    parser.add_argument("--token-budget", type=int, required=True)
-    parser.add_argument("--candidates", required=True, help="retrieval table of the candidates")
-    parser.add_argument("--activations", required=True, help="activation manifest of the candidates")
-    parser.add_argument("--gsae", required=True, help="GSAE run directory (sae/ and snapshots/)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out-table", required=True)
-    parser.add_argument("--out-summary", required=True)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        cfg = TracInConfig.from_dict(json.loads(args.params))
-        run(
-            args.strategy,
-            cfg,
-            args.token_budget,
-            args.candidates,
-            args.activations,
-            args.gsae,
-            args.out_table,
-            args.out_summary,
-        )
-
-    return run_stage(body)
+    return run(tracin_command, argv)
 
 
 if __name__ == "__main__":

@@ -4,21 +4,24 @@ size of the tilted token weights, against tokens seen)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import Annotated
 
-from ssae_steps.cli import save_figure
-from ssae_steps.config import run_stage
+from ssae_steps.cli import run, save_figure
 from ssae_steps.files import atomic_path
 
 log = logging.getLogger("ssae.training_report")
 
 
-def training_report(runs: dict[str, str], out_table: str | Path, out_plot: str | Path) -> None:
-    """``runs`` maps a run name (``gsae/k32``, ``ssae/dense/finetune-t2-k32``) to its directory."""
+def training_report(
+    runs: Annotated[dict[str, str], "JSON object: run name -> run directory"], out_table: Path, out_plot: Path
+) -> None:
+    """Write the table of every SAE run's final numbers and the figure of their training curves.
+
+    ``runs`` maps a run name (``gsae/k32``, ``ssae/dense/finetune-t2-k32``) to its directory."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,12 +93,7 @@ def training_report(runs: dict[str, str], out_table: str | Path, out_plot: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", required=True, help="JSON object: run name -> run directory")
-    parser.add_argument("--out-table", required=True)
-    parser.add_argument("--out-plot", required=True)
-    args = parser.parse_args(argv)
-    return run_stage(lambda: training_report(json.loads(args.runs), args.out_table, args.out_plot))
+    return run(training_report, argv)
 
 
 if __name__ == "__main__":

@@ -261,7 +261,7 @@ def test_parts_write_the_single_jobs_shards_and_gather_into_its_manifest(
 ) -> None:
     """Three part jobs (in reverse order, as a cluster may finish them) and the gather give
     byte-identical shards and the same manifest as one job; bad gathers fail by name."""
-    from ssae_steps.activations.cache import gather_parts, part_shards
+    from ssae_steps.activations.gather import gather_parts, part_shards
 
     cfg = _cfg(shard_tokens=700)
     whole = cache_activations(cfg, tiny_model_dir, LAYER, corpus, "train", tmp_path / "one" / "manifest.json")

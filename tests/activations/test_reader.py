@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssae_steps.activations.reader import (
-    ActivationShardReader,
-    ShardIntegrityError,
+from ssae_steps.activations.reader import ActivationShardReader
+from ssae_steps.activations.sets import (
     load_activation_set,
     main,
     token_counts,
     verify_activation_set,
     write_activation_set,
 )
+from ssae_steps.activations.shards import ShardIntegrityError
 from ssae_steps.config import ConfigError
 
 D_MODEL = 8
@@ -158,11 +158,11 @@ def test_row_count_missing_file_and_old_manifest_are_caught(tmp_path: Path) -> N
 def test_verify_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good, bad = _small_set(tmp_path / "good"), _small_set(tmp_path / "bad")
     assert verify_activation_set(good) == {"manifest": str(good.absolute()), "shards": 4, "rows": 1000, "ok": True}
-    assert main(["verify", str(good)]) == 0
+    assert main(["verify", "--manifests", str(good)]) == 0
     assert capsys.readouterr().out.strip() == f"ok: {good} (4 shards, 1000 rows)"
     shard = _shard(bad, 3)
     shard.write_bytes(shard.read_bytes()[:-10])
-    assert main(["verify", str(good), str(bad)]) == 1
+    assert main(["verify", "--manifests", str(good), str(bad)]) == 2
     out = capsys.readouterr()
     assert out.out.startswith("ok: ") and "shard-00003.arrow" in out.err and out.err.count("\n") == 1
 
@@ -244,7 +244,7 @@ def test_round_trip_is_bit_exact_and_shards_open_with_pyarrow_and_datasets(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ssae_steps.activations.reader import export_parquet
+    from ssae_steps.activations.sets import export_parquet
 
     rng = np.random.default_rng(5)
     acts = (rng.standard_normal((900, D_MODEL)) * 30).astype(np.float32)
@@ -282,11 +282,11 @@ def test_round_trip_is_bit_exact_and_shards_open_with_pyarrow_and_datasets(tmp_p
 
 def test_export_cli_refuses_a_damaged_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = _small_set(tmp_path / "set")
-    assert main(["export", str(manifest), str(tmp_path / "out")]) == 0
+    assert main(["export", "--manifest", str(manifest), "--out-dir", str(tmp_path / "out")]) == 0
     assert "exported:" in capsys.readouterr().out
     assert len(list((tmp_path / "out").glob("shard-*.parquet"))) == 4
     _shard(manifest, 0).write_bytes(b"not arrow")
-    assert main(["export", str(manifest), str(tmp_path / "out2")]) == 1
+    assert main(["export", "--manifest", str(manifest), "--out-dir", str(tmp_path / "out2")]) == 2
     assert "shard-00000.arrow" in capsys.readouterr().err and not (tmp_path / "out2" / "manifest.json").exists()
 
 
@@ -346,7 +346,7 @@ def test_the_vectorised_float16_cast_is_numpys_cast_bit_for_bit() -> None:
     """Shards store float32 -> float16 through torch's vectorised conversion; it must give
     numpy's bits (round to nearest even, subnormals, signed zero), or cached values and
     every SAE trained on them would change with the format."""
-    from ssae_steps.activations.shards import _cast_into
+    from ssae_steps.activations.writer import cast_into
 
     rng = np.random.default_rng(0)
     edge = np.array(
@@ -356,7 +356,7 @@ def test_the_vectorised_float16_cast_is_numpys_cast_bit_for_bit() -> None:
     for values in (edge, rng.standard_normal(200_000).astype(np.float32) * 1e-5, rng.standard_normal(200_000) * 1e3):
         values = np.asarray(values, np.float32).reshape(-1, 1)
         target = np.empty(values.shape, np.float16)
-        _cast_into(target, values)
+        cast_into(target, values)
         assert np.array_equal(target.view(np.uint16), values.astype(np.float16).view(np.uint16))
 
 
@@ -369,7 +369,7 @@ def test_batches_are_the_parquet_readers_batches(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     import legacy_parquet_store as legacy
 
-    from ssae_steps.activations.shards import ShardWriter
+    from ssae_steps.activations.writer import ShardWriter
 
     rng = np.random.default_rng(9)
     rows, d_model, shard_rows = 20_000, 16, 6_000  # 4 shards, row groups / record batches of 4096

@@ -18,16 +18,10 @@ from ssae_steps.debias.bios import (
     remove_profession_sentences,
     swap_gender,
 )
-from ssae_steps.debias.case_study import (
-    CaseData,
-    Outcome,
-    choose_n,
-    delete_gendered_words,
-    paired_comparisons,
-    run_case_study,
-    sparse_probe,
-)
+from ssae_steps.debias.case_study import run_case_study
 from ssae_steps.debias.config import DebiasConfig
+from ssae_steps.debias.probes import CaseData, Outcome, delete_gendered_words, sparse_probe
+from ssae_steps.debias.report import choose_n, paired_comparisons
 
 
 def planted(n: int = 400, seed: int = 0, female_latent: float = 3.0, hidden_gender: float = 0.0):

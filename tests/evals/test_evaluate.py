@@ -11,27 +11,28 @@ import numpy as np
 import pytest
 import torch
 
-from ssae_steps.activations.reader import write_activation_set
+from ssae_steps.activations.sets import write_activation_set
 from ssae_steps.bootstrap import resample_weights
 from ssae_steps.evals.config import TailConfig
 from ssae_steps.evals.evaluate import (
-    RowReconstruction,
-    _detections,
-    _tail_detection,
-    _type_detection,
-    doc_metrics,
-    doc_stats,
     fvu,
-    read_per_doc,
     reconstruct_rows,
     reconstruction_metrics,
     sample_windows,
     set_metrics,
     windows_from_rows,
-    write_per_doc,
 )
+from ssae_steps.evals.per_doc import doc_metrics, doc_stats, read_per_doc, write_per_doc
 from ssae_steps.evals.spliced_loss import spliced_loss, window_losses
-from ssae_steps.evals.tail import concept_detection, tail_recall, tail_tokens, token_types
+from ssae_steps.evals.tail import (
+    concept_detection,
+    detections,
+    tail_detection,
+    tail_recall,
+    tail_tokens,
+    token_types,
+    type_detection,
+)
 from ssae_steps.model import load_model, padded_batch, residual_stream
 from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae
 from ssae_steps.sae.config import SAEConfig, TrainConfig
@@ -117,7 +118,7 @@ def test_per_document_sums_give_the_set_metrics(tmp_path: Path) -> None:
     acts = (torch.randn(len(docs), 8, generator=gen) * 2 + 1).numpy()
     recon = reconstruct_rows(sae, acts)
     metrics = set_metrics(acts, recon, 32, np.zeros(len(acts), bool), dense_threshold=0.5)
-    stats = doc_stats(docs, acts, recon)
+    stats = doc_stats(docs, acts, recon.sq_err, recon.l0())
     rng = np.random.default_rng(0)
     losses = {c: rng.random(12) * stats["tokens"] for c in ("clean_ce", "spliced_ce", "kl")}
     stats |= {"loss_tokens": stats["tokens"].astype(float), **losses}
@@ -204,14 +205,14 @@ def test_tail_latent_is_chosen_on_validation_and_scored_on_test() -> None:
     """Latent 3 detects token 7 perfectly on validation rows but fires on nothing on test
     rows, where latent 4 would: the validation choice (3) is kept and scores F1 0 on test."""
     tokens = np.array([7, 7, 1, 1])
-    validation = RowReconstruction(np.zeros(4), np.array([0, 1, 2]), np.array([3, 3, 4]))
-    test = RowReconstruction(np.zeros(4), np.array([0, 1]), np.array([4, 4]))
-    tail = _tail_detection({"validation": [(tokens, validation)], "test": [(tokens, test)]}, [7], 8, 0.5)
+    validation = (tokens, np.array([0, 1, 2]), np.array([3, 3, 4]))
+    test = (np.array([0, 1]), np.array([4, 4]))
+    tail = tail_detection({"validation": [validation], "test": [(tokens, *test)]}, [7], 8, 0.5)
     (found,) = tail["detections"]
     assert found["latent"] == 3 and found["validation_f1"] == 1.0 and found["f1"] == 0.0
     assert tail["recall"] == 0.0 and tail["evaluable"] == 1
     # A concept missing from the test part is not evaluable rather than "missed".
-    tail = _tail_detection({"validation": [(tokens, validation)], "test": [(tokens[2:], test)]}, [7], 8, 0.5)
+    tail = tail_detection({"validation": [validation], "test": [(tokens[2:], *test)]}, [7], 8, 0.5)
     assert tail["evaluable"] == 0 and np.isnan(tail["recall"])
 
 
@@ -262,11 +263,10 @@ def test_type_detection_on_planted_latents_in_chunks() -> None:
     tokens = np.repeat(np.arange(6), 3)
     rows = np.concatenate([np.arange(12), np.arange(12, 18)])
     latents = np.concatenate([np.repeat(np.arange(4), 3), np.full(6, 7)])
-    recon = RowReconstruction(np.zeros(18), rows, latents)
-    parts = {"validation": [(tokens, recon)], "test": [(tokens, recon)]}
+    parts = {"validation": [(tokens, rows, latents)], "test": [(tokens, rows, latents)]}
     frequencies = np.array([0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
-    found = _type_detection(parts, list(range(6)), frequencies, 8, 0.7)
+    found = type_detection(parts, list(range(6)), frequencies, 8, 0.7)
     assert found["captured"] == [True, True, True, True, False, False]
     assert found["f1"][4] == pytest.approx(2 * 3 / (6 + 3))
     assert found["general_frequency"] == list(frequencies)
-    assert _detections(parts, list(range(6)), 8, chunk=2) == _detections(parts, list(range(6)), 8)
+    assert detections(parts, list(range(6)), 8, chunk=2) == detections(parts, list(range(6)), 8)

@@ -11,67 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssae_steps.evals.evaluate import per_doc_path, write_per_doc
-from ssae_steps.evals.report import Bootstrap, evaluation_report, frequency_bins
-
-N_DOCS, D = 40, 4
-
-
-def _planted_run(out: Path, name: str, error_scale: float, noise_seed: int, validation_fvu: float) -> str:
-    """Evaluation files of one SAE whose per-document error is ``error_scale`` times a
-    shared per-document difficulty, with a little noise of its own."""
-    shared = np.random.default_rng(0)
-    tokens = shared.integers(20, 80, N_DOCS)
-    difficulty = shared.lognormal(0, 0.5, N_DOCS)
-    sum_x = shared.normal(size=(N_DOCS, D)) * tokens[:, None]
-    sum_sq = 3.0 * D * tokens + np.square(sum_x).sum(1) / tokens
-    own = np.random.default_rng(noise_seed).normal(1, 0.05, N_DOCS)
-    per_set, sets = {}, {}
-    for set_name in ("general", "subdomain"):
-        err = error_scale * difficulty * own * tokens
-        clean = 3.0 * tokens
-        per_set[set_name] = {
-            "doc_id": np.array([f"doc{i:03d}" for i in range(N_DOCS)]),
-            "tokens": tokens,
-            "sq_err": err,
-            "sum_sq": sum_sq,
-            "l0_sum": 8.0 * tokens,
-            "sum_x": sum_x,
-            "loss_tokens": tokens.astype(float),
-            "clean_ce": clean,
-            "spliced_ce": clean + err / 10,
-            "kl": err / 12,
-        }
-        sets[set_name] = {
-            "tokens": int(tokens.sum()),
-            "validation": {"fvu": validation_fvu, "l0": 8.0, "docs": N_DOCS},
-            "mse_per_dim": 0.1,
-            "dead_fraction": 0.0,
-            "dense_fraction": 0.0,
-            "tail_tokens": 0,
-            "tail_fvu": float("nan"),
-            "head_fvu": 0.1,
-            "loss_tokens": int(tokens.sum()),
-            "loss_docs": N_DOCS,
-        }
-    path = out / "runs" / f"{name.replace('/', '_')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tail = {"recall": 0.0, "mean_best_f1": 0.0, "concepts": 0, "evaluable": 0}
-    dead = {"fraction": 0.25, "tokens": int(2 * tokens.sum())}
-    path.write_text(json.dumps({"sets": sets, "tail": tail, "dead": dead}))
-    write_per_doc(per_doc_path(path), per_set)
-    return str(path)
+from ssae_steps.evals.compare import Bootstrap
+from ssae_steps.evals.report import evaluation_report, frequency_bins, in_frequency_bin
+from tests.evals.planted import N_DOCS, planted_run
 
 
 def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tmp_path: Path) -> None:
     runs = {
-        "gsae/k8": _planted_run(tmp_path, "gsae/k8", 1.0, 1, validation_fvu=0.30),
+        "gsae/k8": planted_run(tmp_path, "gsae/k8", 1.0, 1, validation_fvu=0.30),
         # 30% less error than the GSAE: a clear finding. Its validation FVU is the lowest.
-        "ssae/dense/finetune-t0-k8": _planted_run(tmp_path, "dense", 0.7, 2, validation_fvu=0.20),
+        "ssae/dense/finetune-t0-k8": planted_run(tmp_path, "dense", 0.7, 2, validation_fvu=0.20),
         # Equal to the GSAE but for its own noise: no clear difference.
-        "ssae/random/finetune-t0-k8": _planted_run(tmp_path, "random", 1.0, 3, validation_fvu=0.29),
+        "ssae/random/finetune-t0-k8": planted_run(tmp_path, "random", 1.0, 3, validation_fvu=0.29),
         # Lowest test error, but worse on validation: not the chosen "best SSAE".
-        "ssae/bm25/finetune-t0-k8": _planted_run(tmp_path, "bm25", 0.6, 4, validation_fvu=0.25),
+        "ssae/bm25/finetune-t0-k8": planted_run(tmp_path, "bm25", 0.6, 4, validation_fvu=0.25),
     }
     table, _, compared, summary = _report(tmp_path, runs)
     table = table.set_index(["run", "set"])
@@ -136,17 +89,17 @@ def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
     gsae_scales = (0.6, 1.0, 1.4)
     runs = {}
     for i, tag in enumerate(tags):
-        runs[f"gsae/k8{tag}"] = _planted_run(tmp_path, f"gsae{tag}", gsae_scales[i], 10 + i, validation_fvu=0.30)
+        runs[f"gsae/k8{tag}"] = planted_run(tmp_path, f"gsae{tag}", gsae_scales[i], 10 + i, validation_fvu=0.30)
         # 0.2 below the GSAE of the same seed: a clear gain only when seed s meets seed s
         # (against the GSAE's first seed alone, it would be above it on average).
-        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(
+        runs[f"ssae/dense/finetune-t0-k8{tag}"] = planted_run(
             tmp_path, f"dense{tag}", gsae_scales[i] - 0.2, 20 + i, 0.20
         )
         # The GSAE's seeds in reverse: below it at seed 0, above at seed 2, equal on average.
-        runs[f"ssae/bm25/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"bm25{tag}", gsae_scales[2 - i], 30 + i, 0.25)
+        runs[f"ssae/bm25/finetune-t0-k8{tag}"] = planted_run(tmp_path, f"bm25{tag}", gsae_scales[2 - i], 30 + i, 0.25)
     # One seed only (a sweep run, and the control): compared at the seed they share.
-    runs["ssae/dense/scratch-t0-k8"] = _planted_run(tmp_path, "dense-scratch", 0.9, 40, 0.28)
-    runs["ssae/random/finetune-t0-k8"] = _planted_run(tmp_path, "random", 0.6, 50, 0.29)
+    runs["ssae/dense/scratch-t0-k8"] = planted_run(tmp_path, "dense-scratch", 0.9, 40, 0.28)
+    runs["ssae/random/finetune-t0-k8"] = planted_run(tmp_path, "random", 0.6, 50, 0.29)
     table, by_seed, compared, summary = _report(tmp_path, runs)
 
     assert sorted(table["run"].unique()) == sorted(
@@ -193,9 +146,9 @@ def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
 
 
 def test_an_imported_gsae_pairs_with_every_seed(tmp_path: Path) -> None:
-    runs = {"gsae/k8": _planted_run(tmp_path, "gsae", 1.0, 1, 0.3)}
+    runs = {"gsae/k8": planted_run(tmp_path, "gsae", 1.0, 1, 0.3)}
     for i, tag in enumerate(["", "-s1"]):
-        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"dense{tag}", 0.7, 2 + i, 0.2)
+        runs[f"ssae/dense/finetune-t0-k8{tag}"] = planted_run(tmp_path, f"dense{tag}", 0.7, 2 + i, 0.2)
     _, _, compared, _ = _report(tmp_path, runs)
     row = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].iloc[0]
     assert row["reference_run"] == "gsae/k8" and row["n_seeds"] == 2 and row["finding"]
@@ -220,12 +173,12 @@ def test_recall_by_frequency_counts_captured_types_per_decade(tmp_path: Path) ->
     assert frequency_bins(np.array(FREQUENCIES)) == [(0.0, 0.0), (1e-6, 1e-5), (1e-5, 1e-4), (1e-4, 1e-3), (1e-3, 1e-2)]
     gsae = [False, False, False, True, False, True, True, True]
     runs = {
-        "gsae/k8": _with_types(_planted_run(tmp_path, "gsae/k8", 1.0, 1, 0.3), gsae),
+        "gsae/k8": _with_types(planted_run(tmp_path, "gsae/k8", 1.0, 1, 0.3), gsae),
         "ssae/dense/finetune-t0-k8": _with_types(
-            _planted_run(tmp_path, "dense", 0.7, 2, 0.2), [True, False, True, True, True, True, True, True]
+            planted_run(tmp_path, "dense", 0.7, 2, 0.2), [True, False, True, True, True, True, True, True]
         ),
         "ssae/dense/finetune-t0-k8-s1": _with_types(
-            _planted_run(tmp_path, "dense-s1", 0.7, 3, 0.2), [True, True, False, True, True, True, False, True]
+            planted_run(tmp_path, "dense-s1", 0.7, 3, 0.2), [True, True, False, True, True, True, False, True]
         ),
     }
     _, _, _, summary = _report(tmp_path, runs)
@@ -249,23 +202,21 @@ def test_recall_by_frequency_counts_captured_types_per_decade(tmp_path: Path) ->
 
 
 def test_frequency_bins_put_each_type_in_exactly_one_decade() -> None:
-    from ssae_steps.evals.report import _in_bin
-
     edge_cases = np.array([0.0, 1e-4, np.nextafter(1e-4, 0), 5e-4, 1e-3, np.nextafter(1e-2, 0)])
     bins = frequency_bins(edge_cases)
-    membership = np.array([_in_bin(edge_cases, low, high, cumulative=False) for low, high in bins])
+    membership = np.array([in_frequency_bin(edge_cases, low, high, cumulative=False) for low, high in bins])
     assert (membership.sum(0) == 1).all()
     assert bins[1:] == [(1e-5, 1e-4), (1e-4, 1e-3), (1e-3, 1e-2)]
     # Cumulative shares count exactly the types of the decades up to that edge.
     for i, (low, high) in enumerate(bins):
-        assert _in_bin(edge_cases, low, high, cumulative=True).sum() == membership[: i + 1].sum()
+        assert in_frequency_bin(edge_cases, low, high, cumulative=True).sum() == membership[: i + 1].sum()
 
 
 def test_intervals_of_non_negative_metrics_stop_at_zero(tmp_path: Path) -> None:
     # Two seeds far apart: the t interval (1 degree of freedom) reaches far below zero.
-    runs = {"gsae/k8": _planted_run(tmp_path, "gsae", 1.0, 1, 0.3)}
+    runs = {"gsae/k8": planted_run(tmp_path, "gsae", 1.0, 1, 0.3)}
     for tag, scale in (("", 0.05), ("-s1", 3.0)):
-        runs[f"ssae/dense/finetune-t0-k8{tag}"] = _planted_run(tmp_path, f"dense{tag}", scale, 2, 0.2)
+        runs[f"ssae/dense/finetune-t0-k8{tag}"] = planted_run(tmp_path, f"dense{tag}", scale, 2, 0.2)
     table, *_ = _report(tmp_path, runs)
     row = table.set_index(["run", "set"]).loc[("ssae/dense/finetune-t0-k8", "subdomain")]
     assert row["n_seeds"] == 2

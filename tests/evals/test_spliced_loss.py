@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssae_steps.config import ConfigError
-from ssae_steps.evals.evaluate import _clean_scores_of
+from ssae_steps.evals.evaluate import cached_clean_scores
 from ssae_steps.evals.spliced_loss import (
     clean_scores,
     load_clean_scores,
@@ -158,11 +158,11 @@ def test_clean_scores_round_trip_and_refuse_other_windows(tiny_model_dir: Path, 
     np.testing.assert_array_equal(loaded.hook_hidden, scores.hook_hidden)
     assert load_clean_scores(path)["plain"].hook_hidden is None
     cache = load_clean_scores(path)
-    assert _clean_scores_of(cache, path, "general", windows) is not None
+    assert cached_clean_scores(cache, path, "general", windows) is not None
     other = windows[:3] + [windows[3][:-1]]
     with pytest.raises(ConfigError, match="clean_scores.safetensors.*'general'"):
-        _clean_scores_of(cache, path, "general", other)
+        cached_clean_scores(cache, path, "general", other)
     with pytest.raises(ConfigError, match="'subdomain'"):
-        _clean_scores_of(cache, path, "subdomain", windows)
+        cached_clean_scores(cache, path, "subdomain", windows)
     with pytest.raises(ValueError, match="other windows"):
         window_losses(model, other, LAYER, bos, pad, 2, lambda h: h, clean=loaded)

@@ -12,16 +12,16 @@ import pandas as pd
 import pytest
 
 from ssae_steps.config import ConfigError
+from ssae_steps.evals.compare import Bootstrap
 from ssae_steps.evals.config import TermStudyConfig
-from ssae_steps.evals.report import Bootstrap
 from ssae_steps.evals.term_study import term_study
-from tests.evals.test_report import _planted_run
+from tests.evals.planted import planted_run
 
 FREQUENCIES = [0.0, 2e-5, 5e-5, 3e-4, 0.002, 0.01]
 
 
 def _run(tmp_path: Path, name: str, scale: float, noise: int, captured: list[bool], ess: float) -> tuple[str, str]:
-    path = _planted_run(tmp_path, name, scale, noise, validation_fvu=0.2)
+    path = planted_run(tmp_path, name, scale, noise, validation_fvu=0.2)
     result = json.loads(Path(path).read_text())
     result["types"] = {
         "token_id": list(range(6)),

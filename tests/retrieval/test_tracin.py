@@ -12,21 +12,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ssae_steps.activations.reader import write_activation_set
+from ssae_steps.activations.sets import write_activation_set
 from ssae_steps.config import ConfigError
-from ssae_steps.evals.report import comparison_pairs
+from ssae_steps.evals.compare import comparison_pairs
 from ssae_steps.retrieval.config import RetrievalConfig, TracInConfig
 from ssae_steps.retrieval.retrieve import select
 from ssae_steps.retrieval.tracin import (
     CountSketch,
     Snapshot,
-    _autograd_directional,
-    _params,
+    autograd_directional_derivatives,
     directional_derivatives,
     document_gradients,
     influence_scores,
-    run,
+    sae_parameters,
     seed_gradient,
+    select_by_tracin,
     token_losses,
 )
 from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae
@@ -50,7 +50,7 @@ def explicit_token_scores(sae: SparseAutoencoder, x: torch.Tensor, g: dict[str, 
     for row in x:
         sae.zero_grad(set_to_none=True)
         token_losses(sae, row[None]).sum().backward()
-        out.append(sum(float((p.grad * g[n]).sum()) for n, p in _params(sae).items() if p.grad is not None))
+        out.append(sum(float((p.grad * g[n]).sum()) for n, p in sae_parameters(sae).items() if p.grad is not None))
     return out
 
 
@@ -59,12 +59,12 @@ def test_directional_derivatives_are_the_per_token_gradient_inner_products(arch:
     sae = random_sae(arch)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(40, D_IN, generator=gen)
-    g = {n: torch.randn(p.shape, generator=gen) for n, p in _params(sae).items()}
+    g = {n: torch.randn(p.shape, generator=gen) for n, p in sae_parameters(sae).items()}
     fast = directional_derivatives(sae, x, g)
     expected = torch.tensor(explicit_token_scores(sae, x, g))
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-4)
     if arch == "topk":  # the written-out TopK form agrees with the generic autograd one
-        torch.testing.assert_close(fast, _autograd_directional(sae, x, g), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast, autograd_directional_derivatives(sae, x, g), rtol=1e-4, atol=1e-4)
 
 
 def planted_documents(seed: int = 0) -> dict[str, np.ndarray]:
@@ -128,7 +128,7 @@ def test_tracin_puts_candidates_sharing_the_seed_gradient_first(tmp_path: Path) 
     gsae = trained_gsae(tmp_path, parts["general"], snapshots=3)
     table, acts = candidate_files(tmp_path, parts)
     budget = 10 * 12 + 8 * 12  # the seeds and room for exactly eight candidates
-    summary = run(
+    summary = select_by_tracin(
         "bm25_tracin",
         TracInConfig(batch_tokens=50),
         budget,

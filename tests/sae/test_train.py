@@ -21,22 +21,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ssae_steps.activations.reader import write_activation_set
+from ssae_steps.activations.sets import write_activation_set
 from ssae_steps.config import ConfigError
-from ssae_steps.sae import train as train_module
-from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae, save_sae, tilted_loss
+from ssae_steps.sae import objective
+from ssae_steps.sae.autoencoder import SparseAutoencoder, load_sae, save_sae
 from ssae_steps.sae.config import SAEConfig, TrainConfig, TrainingPlan
-from ssae_steps.sae.train import (
+from ssae_steps.sae.objective import auxk_scale, step_losses, tilted_loss
+from ssae_steps.sae.optim import (
     BASE_LR,
-    _step_losses,
-    auxk_scale,
     effective_lr,
     evaluation_sae,
-    import_pretrained,
     lr_factor,
+    make_optimizer,
     remove_parallel_decoder_grad,
-    train_sae,
 )
+from ssae_steps.sae.train import import_pretrained, train_sae
 
 
 def planted(n: int, rare_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -254,12 +253,10 @@ def test_each_matryoshka_prefix_reconstructs_on_its_own(batchtopk_saes: dict[str
 def test_matryoshka_loss_is_the_tilted_mean_over_prefixes() -> None:
     """Matryoshka's per-token loss is the mean over prefixes of each prefix's reconstruction
     loss, and Tilted ERM tilts that per-token mean (not each prefix separately)."""
-    from ssae_steps.sae.train import _step_losses
-
     cfg = TrainConfig.from_dict({"sae": {"architecture": "matryoshka", "d_in": 24, "d_sae": 64, "k": 4}, "tilt": 2.0})
     sae = SparseAutoencoder(cfg.sae, input_scale=0.5, seed=1)
     x = torch.from_numpy(frequent_and_rare(200, seed=2))
-    loss, stats, _ = _step_losses(sae, x, cfg, torch.zeros(64, dtype=torch.long))
+    loss, stats, _ = step_losses(sae, x, cfg, torch.zeros(64, dtype=torch.long))
     with torch.no_grad():
         xn = x * sae.input_scale
         pre = torch.relu(sae.pre_activations(x))
@@ -367,7 +364,8 @@ def test_training_code_edit_changes_the_trained_sae(tmp_path: Path) -> None:
             cmd += ["--manifest", str(manifest), "--out-dir", str(out), "--threads", "1"]
         else:  # killed after `stop_after` steps, leaving its checkpoint
             script = (
-                "import json, sys; from ssae_steps.sae.train import TrainingPlan, train_sae; "
+                "import json, sys; from ssae_steps.sae.config import TrainingPlan; "
+                "from ssae_steps.sae.train import train_sae; "
                 "cfg = TrainingPlan.from_dict(json.loads(sys.argv[1])).run_config('ssae', 'scratch', 0.0, 3, 0); "
                 f"train_sae(cfg, sys.argv[2], sys.argv[3], stop_after_steps={stop_after})"
             )
@@ -381,7 +379,7 @@ def test_training_code_edit_changes_the_trained_sae(tmp_path: Path) -> None:
     run(tmp_path / "killed", stop_after=3)
     assert (tmp_path / "killed" / "checkpoint.pt").exists()
 
-    module = code / "ssae_steps" / "train_sae.py"
+    module = code / "ssae_steps" / "sae" / "optim.py"
     source = module.read_text()
     assert "betas=(0.9, 0.999)" in source
     module.write_text(source.replace("betas=(0.9, 0.999)", "betas=(0.5, 0.999)"))
@@ -449,7 +447,7 @@ def test_projected_decoder_gradient_is_orthogonal_to_each_row(tmp_path: Path, mo
     cfg = TrainConfig.from_dict({"sae": {"d_in": 24, "d_sae": 64, "k": 4}})
     sae = SparseAutoencoder(cfg.sae, input_scale=2.0)
     x = torch.from_numpy(acts)
-    loss, _, _ = _step_losses(sae, x, cfg, torch.zeros(64, dtype=torch.long))
+    loss, _, _ = step_losses(sae, x, cfg, torch.zeros(64, dtype=torch.long))
     loss.backward()
     grad, w = sae.W_dec.grad, sae.W_dec.detach()
     cosine = lambda g: ((g * w).sum(-1) / (g.norm(dim=-1) * w.norm(dim=-1)).clamp_min(1e-30)).abs()  # noqa: E731
@@ -523,20 +521,20 @@ def test_auxk_loss_is_scaled_by_the_dead_fraction(monkeypatch) -> None:
             sae=SAEConfig(d_in=8, d_sae=16, k=2), aux_k=aux_k, dead_after_tokens=1000, aux_dead_fraction_scale=True
         )
         sae = SparseAutoencoder(cfg.sae, seed=1)
-        _, stats, _ = _step_losses(sae, x, cfg, since)
+        _, stats, _ = step_losses(sae, x, cfg, since)
         aux[aux_k] = stats["aux_loss"]
     assert aux[3] > 0.01
     assert aux[8] == pytest.approx(3 / 8 * aux[3], rel=1e-5)
     plain = replace(cfg, aux_dead_fraction_scale=False)  # off (the default): full weight
-    assert _step_losses(SparseAutoencoder(cfg.sae, seed=1), x, plain, since)[1]["aux_loss"] == pytest.approx(aux[3])
+    assert step_losses(SparseAutoencoder(cfg.sae, seed=1), x, plain, since)[1]["aux_loss"] == pytest.approx(aux[3])
     # 12 dead latents, aux_k 8: full weight, the same as with the scale switched off.
     since[:12] = 10**6
     cfg = TrainConfig(
         sae=SAEConfig(d_in=8, d_sae=16, k=2), aux_k=8, dead_after_tokens=1000, aux_dead_fraction_scale=True
     )
-    scaled = _step_losses(SparseAutoencoder(cfg.sae, seed=1), x, cfg, since)[1]["aux_loss"]
-    monkeypatch.setattr(train_module, "auxk_scale", lambda n_dead, aux_k: 1.0)
-    unscaled = _step_losses(SparseAutoencoder(cfg.sae, seed=1), x, cfg, since)[1]["aux_loss"]
+    scaled = step_losses(SparseAutoencoder(cfg.sae, seed=1), x, cfg, since)[1]["aux_loss"]
+    monkeypatch.setattr(objective, "auxk_scale", lambda n_dead, aux_k: 1.0)
+    unscaled = step_losses(SparseAutoencoder(cfg.sae, seed=1), x, cfg, since)[1]["aux_loss"]
     assert scaled > 0.01 and scaled == pytest.approx(unscaled, rel=1e-6)
 
 
@@ -566,13 +564,13 @@ def test_signum_saves_the_schedule_free_average(tmp_path: Path) -> None:
     with torch.no_grad():  # the wrapper swaps through byte views (unit last stride); W_enc is a transpose
         for p in [*sae.parameters(), *reference.parameters()]:
             p.data = p.data.contiguous()
-    optimizer = train_module._optimizer(cfg, sae, 0.01)
+    optimizer = make_optimizer(cfg, sae, 0.01)
     wrapper = ScheduleFreeWrapper(SignSGD(reference.parameters(), lr=0.01), momentum=0.95)
     wrapper.train()
     for step, batch in enumerate(x.split(125)):
         for model, opt in ((sae, optimizer), (reference, wrapper)):
             opt.zero_grad()
-            _step_losses(model, batch, cfg, torch.zeros(32, dtype=torch.long))[0].backward()
+            step_losses(model, batch, cfg, torch.zeros(32, dtype=torch.long))[0].backward()
             for group in opt.param_groups:
                 group["lr"] = 0.01 * min(1.0, (step + 1) / 4)  # a warm-up: lr_max and weights change
             opt.step()
