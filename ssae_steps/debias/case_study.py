@@ -1,13 +1,16 @@
 """Debiasing case study (SHIFT, Marks et al.; scored as in SAEBench SCR; laid out as Table 1
 of the SSAE paper): remove gender information from a profession probe by zero-ablating SAE
-latents, with the general SAE, the biography SSAE and an off-domain SSAE, every SAE at each
-training seed.
+latents, with the general SAE, the biography SSAEs, the swap control and an off-domain
+SSAE, every SAE at each training seed (their training text:
+:mod:`ssae_steps.debias.finetune_text`).
 
 Per document: the hooked layer's residual stream over its first window (BOS excluded),
 mean-pooled (``x``), and each SAE's latent activations mean-pooled the same way (``a``).
 Splits and the biased training set come from :mod:`ssae_steps.debias.bios`; every method is run
-twice, with and without the counterfactual copies in its training data (test set: real
-documents only, the same for both).
+in two variants (test set: real documents only, the same for both): ``copies``, with the
+counterfactual copies in its training data and every SAE, and ``real``, with real documents
+only and no SAE finetuned on swapped text (:data:`SWAPPED_TEXT`; its biography SSAE is the
+one finetuned on real articles only).
 
 1. Biased probe: logistic regression for profession on ``x`` of the biased training set
    (profession A always male, B always female).
@@ -154,6 +157,54 @@ def sparse_probing(
     return rows
 
 
+SWAPPED_TEXT = ("ssae_bios", "ssae_swap")
+"""SAEs finetuned on gender-swapped text (where the biographies have counterfactual
+copies): the biography SSAE of the main variant and the swap control. The "real" variant
+leaves them out, so that none of its training data - probes, gender latents or SAE -
+holds swapped text; its biography SSAE is ``ssae_bios_real``."""
+
+
+def variant_saes(
+    inputs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], variant: str, has_copies: bool
+) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """The SAE runs a variant reports: every run in ``copies``; in ``real`` (with copies in
+    the table) every run but those of :data:`SWAPPED_TEXT`."""
+    if variant == "real" and has_copies:
+        return {key: value for key, value in inputs.items() if key[0] not in SWAPPED_TEXT}
+    return dict(inputs)
+
+
+def run_variants(
+    docs: Any,
+    x: np.ndarray,
+    x_deleted: np.ndarray | None,
+    inputs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
+    cfg: DebiasConfig,
+    seed: int,
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]], list[dict], list[dict], list[dict]]:
+    """The case study of each variant - ``copies`` (copies in every training set; only with
+    copies in the table) and ``real`` - on its SAE runs (:func:`variant_saes`): Table-1 rows
+    and paired comparisons per variant, every point, and the k-sparse probing of the first
+    variant (rows, table)."""
+    has_copies = "counterfactual" in docs and bool(docs["counterfactual"].any())
+    variants = ["copies", "real"] if has_copies else ["real"]
+    tables, comparisons, points, sparse_rows, sparse = {}, {}, [], [], []
+    for variant in variants:
+        data = case_data(docs, x, x_deleted, real_only=variant == "real")
+        runs = variant_saes(inputs, variant, has_copies)
+        log.info("%s: %d biased training, %d training, %d validation, %d test documents; SAEs %s", variant,
+                 data.biased.sum(), data.train.sum(), data.validation.sum(), data.test.sum(),
+                 sorted({name for name, _ in runs}))  # fmt: skip
+        outcomes = run_case_study(data, runs, cfg, seed)
+        points += [o.point(data) | {"variant": variant} for o in outcomes]
+        tables[variant] = table_1(outcomes, data, cfg, seed)
+        comparisons[variant] = paired_comparisons(outcomes, data, cfg, seed)
+        if variant == variants[0]:
+            sparse_rows = sparse_probing(data, runs, cfg)
+            sparse = sparse_table(sparse_rows, data, cfg, seed)
+    return tables, comparisons, points, sparse_rows, sparse
+
+
 def debias(
     cfg: DebiasConfig,
     table: str | Path,
@@ -164,9 +215,12 @@ def debias(
     seed: int,
     out_dir: str | Path,
     device: str = "cpu",
+    training_text: dict[str, str | Path] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """The stage: pool every document once, run the case study with and without the
-    counterfactual copies, and write the tables, plot and summary into ``out_dir``."""
+    counterfactual copies, and write the tables, plot and summary into ``out_dir``.
+    ``training_text``: SAE name -> the JSON summary of its finetuning text
+    (:mod:`ssae_steps.debias.finetune_text`), shown in the summary."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -187,19 +241,8 @@ def debias(
         key: (latents[f"{key[0]}:{key[1]}"], (sae.W_dec / sae.input_scale).detach().numpy())
         for key, sae in saes.items()
     }
-    variants = ["copies", "real"] if "counterfactual" in docs and docs["counterfactual"].any() else ["real"]
-    tables, comparisons, points, sparse_rows = {}, {}, [], []
-    for variant in variants:
-        data = case_data(docs, x, x_deleted, real_only=variant == "real")
-        log.info("%s: %d biased training, %d training, %d validation, %d test documents", variant,
-                 data.biased.sum(), data.train.sum(), data.validation.sum(), data.test.sum())  # fmt: skip
-        outcomes = run_case_study(data, inputs, cfg, seed)
-        points += [o.point(data) | {"variant": variant} for o in outcomes]
-        tables[variant] = table_1(outcomes, data, cfg, seed)
-        comparisons[variant] = paired_comparisons(outcomes, data, cfg, seed)
-        if variant == variants[0]:
-            sparse_rows = sparse_probing(data, inputs, cfg)
-            sparse = sparse_table(sparse_rows, data, cfg, seed)
+    tables, comparisons, points, sparse_rows, sparse = run_variants(docs, x, x_deleted, inputs, cfg, seed)
+    variants = list(tables)
     main = variants[0]
     frames = {
         "results.csv": pd.DataFrame(points),
@@ -231,9 +274,11 @@ def debias(
             f"{p}/{g}": int(((sub["profession"] == p) & (sub["gender"] == g)).sum())
             for p in cfg.data.professions for g in ("male", "female")
         }  # fmt: skip
+    training = {name: json.loads(Path(path).read_text()) for name, path in (training_text or {}).items()}
     write_text(
         out_dir / "summary.md",
-        summary_markdown(tables, comparisons, sparse, counts, main) + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n",
+        summary_markdown(tables, comparisons, sparse, counts, main, training)
+        + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n",
     )
     return tables
 
@@ -250,6 +295,17 @@ def parse_sae_args(pairs: list[str]) -> dict[tuple[str, int], str]:
     return out
 
 
+def parse_training_text(pairs: list[str]) -> dict[str, str]:
+    """``NAME=JSON`` -> ``{NAME: JSON}``."""
+    out = {}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if not name or not path:
+            raise ConfigError(f"--training-text: expected NAME=JSON, got {pair!r}")
+        out[name] = path
+    return out
+
+
 def debias_command(
     params: Annotated[DebiasConfig, "the debias config section"],
     table: Annotated[Path, "the biographies table"],
@@ -260,9 +316,13 @@ def debias_command(
     context_length: int = 128,
     seed: int = 0,
     device: str = "auto",
+    training_text: Annotated[list[str] | None, "NAME=JSON: the summary of an SAE's finetuning text"] = None,
 ) -> None:
     """Run the debiasing case study: ablate gender latents of each SAE from a profession probe."""
-    debias(params, table, parse_sae_args(saes), model_dir, hook_layer, context_length, seed, out_dir, device)
+    debias(
+        params, table, parse_sae_args(saes), model_dir, hook_layer, context_length, seed, out_dir, device,
+        parse_training_text(training_text or []),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

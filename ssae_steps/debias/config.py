@@ -23,6 +23,10 @@ class DebiasConfig:
     ssae_tilt: float = 0.0
     """Tilted ERM temperature of the biography SSAE (finetuned from the GSAE), set here
     rather than taken from training.ssae.tilts, so that a tilt sweep leaves it alone."""
+    swap_control: bool = True
+    """Also finetune the GSAE, by the biography SSAE's recipe, on non-biography pool text
+    with the same gender swaps (each document and its swapped copy) and report it beside the
+    others; only where the biographies have counterfactual copies."""
     sparse_probing_k: list[int] = field(default_factory=lambda: [1, 2, 5, 20])
     """k of the k-sparse probes."""
     bootstrap_samples: int = 1000

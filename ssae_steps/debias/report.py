@@ -26,6 +26,22 @@ PAPER_TABLE_1 = {
     "oracle probe": (93.0, 49.4, 91.9),
 }
 SAE_METHODS = ("SHIFT", "SHIFT + retrain", "random latents", "random latents + retrain")
+BIOGRAPHY_SSAES = ("ssae_bios", "ssae_bios_real")
+"""The biography SSAE of a variant: the first of these it has (``ssae_bios``, trained on the
+training biographies with their copies, in ``copies``; ``ssae_bios_real`` in ``real``)."""
+SAE_TRAINING = {
+    "gsae": "the general pool (the GSAE every SSAE here is finetuned from)",
+    "ssae_bios": "the training biographies, real articles and their gender-swapped copies",
+    "ssae_bios_real": "the training biographies, real articles only",
+    "ssae_swap": "swap control: non-biography pool text, each document with its gender-swapped copy",
+}
+"""What each SAE of the case study was trained on; any other is the main subdomain SSAE."""
+
+
+def sae_training(name: str) -> str:
+    if name == "-":
+        return ""
+    return SAE_TRAINING.get(name, f"the {name.removeprefix('ssae_')} subdomain's selected text (off-domain control)")
 
 
 def choose_n(outcomes: list[Outcome], data: CaseData) -> dict[tuple[str, str], int]:
@@ -74,29 +90,36 @@ def table_1(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: in
             # Accuracies live in [0, 1]; the seed t interval can overshoot it.
             low, high = (float(np.clip(v, 0, 1)) if not np.isnan(v) else v for v in (value.low, value.high))
             row |= {key: value.estimate, f"{key}_ci_low": low, f"{key}_ci_high": high}
-        rows.append(row | {"sae": sae, "base_method": method, "paper": PAPER_TABLE_1.get(label)})
+        # The paper's biography SSAE was trained on real biographies: its row sits beside either.
+        paper = PAPER_TABLE_1.get(f"{method} ssae_bios" if sae in BIOGRAPHY_SSAES else label)
+        rows.append(row | {"sae": sae, "base_method": method, "paper": paper, "sae_training": sae_training(sae)})
     order = {m: i for i, m in enumerate(SAE_METHODS)}
     saes = list(dict.fromkeys(r["sae"] for r in rows if r["sae"] != "-"))
     return sorted(rows, key=lambda r: (r["sae"] != "-", saes.index(r["sae"]) if r["sae"] in saes else -1,
                                        order.get(r["base_method"], -1)))  # fmt: skip
 
 
-COMPARED = (("ssae_bios", "gsae"), ("ssae_bios", None))
-"""Paired comparisons: the biography SSAE against the GSAE and against the off-domain SSAE
-(``None``: whichever other SSAE the run has)."""
+def compared_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Paired comparisons of a variant: its biography SSAE (:data:`BIOGRAPHY_SSAES`) against
+    every other SAE it has - the GSAE, the off-domain SSAE, the swap control (biography
+    text, both finetuned on swapped pairs) and, in ``copies``, the real-only biography
+    SSAE (swapped pairs, both finetuned on biographies)."""
+    biography = next((n for n in BIOGRAPHY_SSAES if n in names), None)
+    if biography is None:
+        return []
+    others = [n for n in names if n != biography]
+    return [(biography, b) for b in sorted(others, key=lambda n: n != "gsae")]
 
 
 def paired_comparisons(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: int) -> list[dict]:
-    """Worst-group accuracy of SAE a minus SAE b for SHIFT and SHIFT + retrain, each at its
-    validation-chosen N, paired over test documents and training seeds (seed s with seed s)."""
+    """Worst-group accuracy of SAE a minus SAE b (:func:`compared_pairs`) for SHIFT and
+    SHIFT + retrain, each at its validation-chosen N, paired over test documents and
+    training seeds (seed s with seed s)."""
     lt, gt = data.label[data.test], data.gender[data.test]
     chosen = choose_n(outcomes, data)
     names = list(dict.fromkeys(o.sae for o in outcomes if o.sae != "-"))
     rows = []
-    for a, b in COMPARED:
-        b = b or next((n for n in names if n.startswith("ssae_") and n != a), None)
-        if a not in names or b not in names:
-            continue
+    for a, b in compared_pairs(names):
         for method in ("SHIFT", "SHIFT + retrain"):
             runs = {
                 name: {o.seed: o for o in outcomes if o.sae == name and o.method == method
@@ -112,7 +135,8 @@ def paired_comparisons(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfi
             rows.append(
                 {"method": method, "sae": a, "reference": b, "seeds": len(seeds), "difference": value.estimate,
                  "ci_low": value.low, "ci_high": value.high,
-                 "finding": bool(not np.isnan(value.low) and (value.low > 0 or value.high < 0))}
+                 "finding": bool(not np.isnan(value.low) and (value.low > 0 or value.high < 0)),
+                 "sae_training": sae_training(a), "reference_training": sae_training(b)}
             )  # fmt: skip
     return rows
 
@@ -203,9 +227,11 @@ def summary_markdown(
     sparse: list[dict],
     counts: dict[str, dict[str, int]],
     main: str,
+    training: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """``summary.md``: documents per group, the Table-1 layout of each variant, the paired
-    comparisons and k-sparse probing."""
+    """``summary.md``: documents per group, the SAEs and their training text (``training``:
+    SAE name -> the summary of its finetuning text), the Table-1 layout of each variant, the
+    paired comparisons and k-sparse probing."""
     lines = [
         "# Debiasing case study (SHIFT latent ablation)",
         "",
@@ -223,11 +249,39 @@ def summary_markdown(
         "|---|" + "---|" * len(next(iter(counts.values()))),
     ]
     lines += [f"| {part} | " + " | ".join(str(n) for n in row.values()) + " |" for part, row in counts.items()]
+    in_variants = {
+        sae: [v for v, rows in tables.items() if any(r["sae"] == sae for r in rows)]
+        for sae in dict.fromkeys(r["sae"] for rows in tables.values() for r in rows if r["sae"] != "-")
+    }
+    lines += [
+        "",
+        "## SAEs",
+        "",
+        "The biography SSAEs and the swap control are each training seed's GSAE finetuned by one recipe (the",
+        "same steps, tokens and tilt) on the text named; the swap control separates finetuning on biographies",
+        "from finetuning on gender-swapped pairs. Their text: documents (real + gender-swapped copies),",
+        "characters, and gendered words (those the swap changes) per 1,000 characters.",
+        "",
+        "| SAE | trained on | variants | documents | characters | gendered words / 1k chars |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sae, variants in in_variants.items():
+        info = (training or {}).get(sae)
+        text = (
+            f"{info['real']} + {info['copies']} | {info['characters']:,} | {info['gendered_words_per_1000_characters']}"
+            if info
+            else " | | "
+        )
+        lines.append(f"| {sae} | {sae_training(sae)} | {', '.join(variants)} | {text} |")
     for variant, rows in tables.items():
         title = "with counterfactual copies in training" if variant == "copies" else "real documents only in training"
+        saes = [s for s in in_variants if variant in in_variants[s]]
+        biography = next((n for n in BIOGRAPHY_SSAES if n in saes), None)
         lines += [
             "",
             f"## Table 1 layout - {title}" + (" (main)" if variant == main else ""),
+            "",
+            f"SAEs: {', '.join(saes)}" + (f"; the biography SSAE is {biography}." if biography else "."),
             "",
             "| method | N | seeds | profession | gender (frozen) | gender (retrained) | worst group "
             "| paper: prof / gen / worst |",

@@ -1,11 +1,15 @@
 """The numbers behind the evaluation overview and the TERM study: one row per (SAE, set)
-with 95% bootstrap intervals over test documents and training seeds, and paired
-comparisons of two SAEs on the same documents, stated as findings only when their
-interval excludes zero.
+with 95% intervals, and paired comparisons of two SAEs on the same documents, stated as
+findings only when their interval excludes zero. Intervals are those of
+``ssae_steps.bootstrap``: with one training seed, a percentile bootstrap over test
+documents; with several, mean ± t·sqrt(s²/n + v) - the seeds' spread ``s²`` (not
+resampled) plus the document bootstrap's variance ``v`` of the seed mean, t with
+Welch-Satterthwaite degrees of freedom.
 
 Runs that differ only in their training seed (``gsae/k32``, ``gsae/k32-s1``, ...) form one
-row: the mean over seeds, a two-level bootstrap interval (seeds and test documents
-resampled) and ``n_seeds``. A comparison pairs seed s of one SAE with seed s of the other.
+row: the mean over seeds, that interval and ``n_seeds``. A comparison pairs seed s of one
+SAE with seed s of the other and takes the same interval of the per-seed differences, the
+same resampled documents on both sides.
 
 The ``random`` strategy's SSAE - the GSAE finetuned for the same steps and tokens on
 general pool text with no seed documents - is the matched-compute control, labelled
@@ -83,8 +87,10 @@ def metrics_table(
     groups: dict[str, list[str]] | None = None,
 ) -> Any:
     """One row per (SAE, set): each interval metric's mean over the SAE's seeds with its
-    two-level bootstrap interval, ``n_seeds``, ``<metric>_seed_sd`` (NaN for one seed), and
-    the other columns averaged over seeds. ``groups`` defaults to :func:`seed_groups`."""
+    interval (``ssae_steps.bootstrap.seed_interval``: document bootstrap, plus the seed
+    spread where there are several seeds), ``n_seeds``, ``<metric>_seed_sd`` (NaN for one
+    seed), and the other columns averaged over seeds. ``groups`` defaults to
+    :func:`seed_groups`."""
     import pandas as pd
 
     groups = groups if groups is not None else seed_groups(list(loaded))
@@ -200,7 +206,9 @@ def comparisons(
     groups: dict[str, list[str]] | None = None,
 ) -> Any:
     """One row per (pair, set, metric): both values (means over the paired seeds) and the
-    two-level bootstrap interval of their difference, seeds paired and documents shared."""
+    interval of their difference (``ssae_steps.bootstrap.paired_seed_difference``: the
+    per-seed-pair differences on jointly resampled documents, plus their seed spread where
+    several seeds are paired)."""
     import pandas as pd
 
     groups = groups if groups is not None else seed_groups(list(loaded))

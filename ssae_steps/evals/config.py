@@ -13,9 +13,11 @@ class TailConfig:
     min_ratio: float = 4.0
     """Subdomain/general frequency ratio a tail token needs."""
     max_general_frequency: float = 1e-4
-    """Largest general-pool frequency (per token) of a tail token."""
+    """Largest general-pool frequency (per token) of a tail token: rare means at most this
+    (``ssae_steps.evals.tail.is_rare``), here and in the TERM study."""
     min_count: int = 5
-    """Fewest occurrences in the subdomain held-out text."""
+    """Fewest occurrences in the validation part of the subdomain held-out text (tail
+    concepts and the token types evaluated; the test part is never counted)."""
     max_concepts: int = 200
     detection_f1: float = 0.5
     """A concept is captured when one latent detects it with at least this F1."""
@@ -61,7 +63,8 @@ class EvaluationConfig:
     dense_threshold: float = 0.1
     """A latent firing on more than this fraction of tokens counts as dense."""
     validation_fraction: float = 0.5
-    """Share of each held-out set's documents (by a hash of doc_id) in the validation part;
+    """Share of each held-out set's documents (by a hash of doc_id) in the validation part,
+    where choices are made (including which token types and tail concepts are evaluated);
     the rest is the test part that every reported number comes from."""
     bootstrap_samples: int = 1000
     """Resamples of test documents behind each 95% interval."""

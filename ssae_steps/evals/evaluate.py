@@ -3,8 +3,9 @@ the SAE spliced into the model, and tail-concept coverage.
 
 Each held-out set is split by document into a validation and a test part
 (``ssae_steps.data.splits``, ``validation_fraction``). Every reported metric is measured
-on the test part; the validation part serves choices (the best run, in the report, and
-each tail concept's latent, here).
+on the test part; the validation part serves choices (the best run, in the report; each
+tail concept's latent, here; and which token types and tail concepts are evaluated at all,
+in ``ssae_steps.evals.tail``).
 
 Definitions (per evaluation set, every cached test token):
 - L0: mean number of latents > 0 per token.
@@ -17,8 +18,12 @@ Definitions (per evaluation set, every cached test token):
   prepended, by the clean model and with the hooked block's output replaced by the SAE
   reconstruction at every non-BOS position (the blocks after it and the LM head run).
   Headline: delta CE = spliced - clean cross-entropy and KL(clean || spliced) of the
-  next-token distributions, in nats per token. Baselines (one job): the clean model and
-  zero-ablation (block output set to 0); loss recovered = (zero - sae) / (zero - clean).
+  next-token distributions, in nats per token. Every loss (clean, spliced, zero-ablation)
+  and its token count covers the predictions of each window's 2nd to last token: the
+  prediction of the first token from BOS alone is left out, since no splice changes it
+  (``ssae_steps.evals.spliced_loss.scored_positions``). Baselines (one job): the clean
+  model and zero-ablation (block output set to 0); loss recovered = (zero - sae) /
+  (zero - clean), which leaving that position out does not change.
   The baselines job also keeps the clean model's scores of the windows and the hooked
   block's output, so that each SAE's evaluation runs only the spliced model's later blocks
   and head (``ssae_steps.evals.spliced_loss``; exact, not an approximation).

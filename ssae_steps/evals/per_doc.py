@@ -4,8 +4,10 @@ which the report bootstraps intervals over test documents.
 Beside each SAE's metrics (``RUN.json``), ``RUN.per_doc.parquet`` holds one row per (set,
 test document) with :data:`PER_DOC_COLUMNS`: token count, sum of squared error, sum of x
 and of ||x||^2 (so the FVU of any resample is ``sum err / (sum ||x||^2 - N ||mean||^2)``
-with the resample's own mean), L0 sum, and over the scored windows the predicted tokens,
-clean and spliced cross-entropy and KL sums.
+with the resample's own mean), L0 sum, and over the scored windows the scored tokens
+(``loss_tokens``: each window's predictions of its 2nd to last token; the BOS-to-first-token
+prediction, which no splice changes, is left out: ``spliced_loss.scored_positions``) with
+their clean and spliced cross-entropy and KL sums.
 """
 
 from __future__ import annotations

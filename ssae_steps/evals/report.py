@@ -1,5 +1,6 @@
 """Evaluation overview: the metrics table of every SAE on every held-out set (test part,
-with 95% bootstrap intervals over test documents and training seeds), paired comparisons (each SSAE vs the
+with 95% intervals: a bootstrap over test documents, plus the spread between training seeds
+where an SAE has several; ``ssae_steps.evals.compare``), paired comparisons (each SSAE vs the
 GSAE and vs the matched-compute control), Pareto plots, a comparison plot and a Markdown
 summary whose findings are computed from the tables (whichever way they come out).
 
@@ -35,6 +36,7 @@ from ssae_steps.evals.compare import (
     metrics_table,
     seeds_text,
 )
+from ssae_steps.evals.tail import is_rare
 from ssae_steps.files import atomic_path, write_text
 from ssae_steps.sae.runs import seed_groups
 
@@ -130,33 +132,41 @@ def _comparison_plot(table: Any, main_k: int, out: Path) -> None:
 
 
 def frequency_bins(frequencies: np.ndarray) -> list[tuple[float, float]]:
-    """``[low, high)`` general-pool frequency bins: one for types never seen in the pool
-    (``[0, 0]``), then one per decade covering the rest."""
+    """``(low, high]`` general-pool frequency bins: one for types never seen in the pool
+    (``[0, 0]``), then one per decade covering the rest. Upper edges are inclusive, so the
+    types up to an edge are rare under that cutoff exactly as :func:`~ssae_steps.evals.tail.is_rare`
+    (and the TERM study, and the tail concepts' ``max_general_frequency``) define it."""
     bins = [(0.0, 0.0)] if (frequencies == 0).any() else []
     seen = frequencies[frequencies > 0]
     if len(seen):
-        lo, hi = math.floor(math.log10(seen.min())), math.floor(math.log10(seen.max())) + 1
-        # log10 rounds a value just below a power of ten up to it.
-        lo -= seen.min() < 10.0**lo
-        hi -= seen.max() < 10.0 ** (hi - 1)
+        # The decade (10^lo, 10^(lo+1)] holding the rarest type, up to (10^(hi-1), 10^hi]
+        # holding the commonest; log10 can round a value next to a power of ten across it.
+        lo, hi = math.ceil(math.log10(seen.min())) - 1, math.ceil(math.log10(seen.max()))
+        lo += int(seen.min() > 10.0 ** (lo + 1)) - int(seen.min() <= 10.0**lo)
+        hi += int(seen.max() > 10.0**hi) - int(seen.max() <= 10.0 ** (hi - 1))
         bins += [(10.0**e, 10.0 ** (e + 1)) for e in range(lo, hi)]
     return bins
 
 
 def in_frequency_bin(frequencies: np.ndarray, low: float, high: float, cumulative: bool) -> np.ndarray:
-    """Types in ``[low, high)`` (never seen in the pool: ``high == 0``); cumulatively,
-    every type below ``high``, the unseen ones included."""
+    """Types in ``(low, high]`` (never seen in the pool: ``high == 0``); cumulatively, every
+    type rare under ``high`` (:func:`~ssae_steps.evals.tail.is_rare`: at most it), the unseen
+    ones included."""
     if high == 0:
         return frequencies == 0
-    return frequencies < high if cumulative else (frequencies >= low) & (frequencies < high)
+    rare = is_rare(frequencies, high)
+    return rare if cumulative else (frequencies > low) & rare
 
 
 def recall_by_frequency(
     loaded: dict[str, tuple[dict, dict]], table: Any, main_k: int, boot: Bootstrap, groups: dict[str, list[str]]
 ) -> Any:
     """Per SAE at the main k and per general-pool frequency bin (and cumulatively, every type
-    up to the bin's upper edge): the share of subdomain token types captured, averaged over
-    seeds, with a bootstrap interval over token types (and seeds)."""
+    up to and including the bin's upper edge): the share of subdomain token types captured,
+    averaged over seeds, with a bootstrap interval over token types (plus the seed spread
+    where there are several seeds). The types are those chosen on validation counts that
+    occur in the test part (``n_types``); the ones that do not (``n_not_on_test``, the same
+    for every SAE) are left out of every share."""
     import pandas as pd
 
     runs = table[table["k"] == main_k].drop_duplicates("run")
@@ -185,6 +195,7 @@ def recall_by_frequency(
                         "frequency_low": 0.0 if cumulative else low,
                         "frequency_high": high,
                         "n_types": len(ones),
+                        "n_not_on_test": len(results[0].get("not_on_test", [])),
                         "captured_share": ci.estimate,
                         # A share lies in [0, 1]; the seed interval's normal form need not.
                         "ci_low": max(ci.low, 0.0),
@@ -237,9 +248,11 @@ def recall_sentences(curves: Any) -> list[str]:
     cum = curves[curves["cumulative"]]
     lines = []
     every = cum.sort_values("frequency_high").groupby("run", sort=False).tail(1)
+    left_out = int(every["n_not_on_test"].iloc[0]) if "n_not_on_test" in every else 0
     lines.append(
-        f"Subdomain token types captured on test ({int(every['n_types'].iloc[0])} types with a latent chosen on "
-        "validation, F1 >= threshold; `recall_by_frequency.png`): "
+        f"Subdomain token types captured on test ({int(every['n_types'].iloc[0])} types, chosen on validation "
+        f"counts, with a latent chosen on validation, F1 >= threshold; {left_out} chosen types with no test "
+        "occurrence are left out; `recall_by_frequency.png`): "
         + ", ".join(f"{r['label']} {_share(r)}" for _, r in every.iterrows())
         + "."
     )
@@ -347,6 +360,11 @@ def evaluation_report(
         "  strategy, no seed documents), so SSAE vs control separates specialising from more training.",
         "- Tail concepts: subdomain-specific rare tokens (see README); tail recall = share of them whose",
         "  latent, chosen on validation, detects them on test with F1 >= the configured threshold.",
+        "  Tail concepts and the token types of the recall curve are chosen on validation counts; one",
+        "  with no test occurrence is left out (the same for every SAE). Rare = general-pool",
+        "  frequency at most the cutoff (the frequency bins include their upper edge).",
+        "- ΔCE, KL and every loss cover each window's predictions of its 2nd to last token: the",
+        "  prediction of the first token from BOS alone, which no splice changes, is left out.",
         "",
         "Baselines (nats/token): "
         + "; ".join(

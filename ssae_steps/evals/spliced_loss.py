@@ -1,5 +1,7 @@
 """Next-token loss with one block's output replaced (an SAE spliced in), against the clean
-model: per scored window, cross-entropy of both and KL(clean || spliced), in nats.
+model: per scored window, cross-entropy of both and KL(clean || spliced), in nats, summed
+over the positions the splice can change (:func:`scored_positions`: the prediction of a
+window's first token from BOS alone is left out of every loss and token count).
 
 Why a clean cache: on a CPU the unembedding (262k vocabulary for Gemma) is most of an
 evaluation's time, and the clean half of every comparison is the same for every SAE. For a
@@ -209,6 +211,22 @@ def _offsets(windows: list[list[int]], bos: int | None) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(predicted)]).astype(np.int64)
 
 
+def scored_positions(windows: list[list[int]], bos: int | None) -> np.ndarray:
+    """Per predicting position (the flat order of :class:`CleanScores`), whether it counts
+    in the losses: all but the BOS position of each window. That one predicts the window's
+    first token from BOS alone, which the splice (non-BOS positions only) never changes, so
+    its spliced and clean scores are equal and it would add exactly 0 to delta CE and KL
+    while adding a token to their denominators. Without BOS every position is spliced and
+    counts. Either way a window of n tokens has n - 1 scored positions (predicting its
+    tokens 2..n)."""
+    offsets = _offsets(windows, bos)
+    keep = np.ones(int(offsets[-1]), dtype=bool)
+    if bos is not None:
+        firsts = offsets[:-1][np.diff(offsets) > 0]
+        keep[firsts] = False
+    return keep
+
+
 def _rows_of(offsets: np.ndarray, batch: list[int]) -> np.ndarray:
     """Where a batch's predicting positions (as :func:`_predicting` orders them) go in the
     flat per-position arrays."""
@@ -320,11 +338,12 @@ def window_losses(
     clean: CleanScores | None = None,
     chunk: int = CHUNK,
 ) -> dict[str, np.ndarray]:
-    """Per window: ``tokens`` predicted and summed next-token cross-entropy of the clean
-    model (``clean_ce``); with ``replace``, also with block ``layer``'s output at non-BOS
-    positions passed through it (``spliced_ce``) and summed KL(clean || spliced) (``kl``).
-    ``clean``: this function's clean scores of the same windows, so that only the spliced
-    model runs (its KL terms are used where it has them)."""
+    """Per window, over its *scored* positions (:func:`scored_positions`: every prediction
+    made from a position the splice replaces): ``tokens`` scored and summed next-token
+    cross-entropy of the clean model (``clean_ce``); with ``replace``, also with block
+    ``layer``'s output at non-BOS positions passed through it (``spliced_ce``) and summed
+    KL(clean || spliced) (``kl``). ``clean``: this function's clean scores of the same
+    windows, so that only the spliced model runs (its KL terms are used where it has them)."""
     from ssae_steps.model import decoder_blocks
 
     if clean is None:
@@ -333,7 +352,11 @@ def window_losses(
         raise ValueError("the clean scores were computed on other windows than these")
     offsets = _offsets(windows, bos)
     window_of = np.repeat(np.arange(len(windows)), np.diff(offsets))
-    out = {"tokens": np.diff(offsets).astype(float), "clean_ce": np.bincount(window_of, clean.ce, len(windows))}
+    scored = scored_positions(windows, bos).astype(np.float64)
+    out = {
+        "tokens": np.bincount(window_of, scored, len(windows)),
+        "clean_ce": np.bincount(window_of, clean.ce * scored, len(windows)),
+    }
     if replace is None:
         return out
     offset = 1 if bos is not None else 0
@@ -376,8 +399,8 @@ def window_losses(
                 clean_lp = torch.log_softmax(_logits(model, h_clean[start : start + chunk]), -1)
                 spliced_lp = logits - lse[:, None]
                 kl[rows] = (clean_lp.exp() * (clean_lp - spliced_lp)).sum(-1).double().cpu().numpy()
-    out["spliced_ce"] = np.bincount(window_of, spliced_ce, len(windows))
-    out["kl"] = np.bincount(window_of, kl, len(windows))
+    out["spliced_ce"] = np.bincount(window_of, spliced_ce * scored, len(windows))
+    out["kl"] = np.bincount(window_of, kl * scored, len(windows))
     return out
 
 
@@ -390,8 +413,9 @@ def spliced_loss(
     batch_size: int,
     replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, int]:
-    """Mean next-token cross-entropy (nats) over ``windows`` with block ``layer``'s output
-    passed through ``replace`` (None: the clean model), and the tokens it is over."""
+    """Mean next-token cross-entropy (nats) over the scored positions of ``windows``
+    (:func:`scored_positions`) with block ``layer``'s output passed through ``replace``
+    (None: the clean model), and the tokens it is over."""
     losses = window_losses(model, windows, layer, bos, pad, batch_size, replace)
     count = int(losses["tokens"].sum())
     return float(losses["spliced_ce" if replace is not None else "clean_ce"].sum()) / max(count, 1), count

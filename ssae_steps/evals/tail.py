@@ -3,8 +3,11 @@
 Definition (also in docs/evaluation.md): a *tail concept* is a token id that is
 - specific: its frequency in the subdomain's seed documents is at least ``min_ratio``
   times its frequency in the general pool (add-one smoothed counts), and
-- rare overall: its general-pool frequency is at most ``max_general_frequency``, and
-- evaluable: it occurs at least ``min_count`` times in the subdomain's held-out text.
+- rare overall: its general-pool frequency is at most ``max_general_frequency``
+  (:func:`is_rare`, the one meaning of "rare" in every evaluation), and
+- evaluable: it occurs at least ``min_count`` times in the *validation* part of the
+  subdomain's held-out text (``ssae_steps.data.splits``; the test part is never counted,
+  so nothing about the test documents enters the choice).
 At most ``max_concepts`` of them are kept, the most specific first.
 
 Per SAE, on held-out text (subdomain and general held-out sets together, so a latent
@@ -18,9 +21,14 @@ that fires on everything is not a detector):
   ``detection_f1``. Tail-concept recall = captured / concepts that occur in both parts.
 
 Recall against frequency, as the paper plots it: the same detection for *every* token type
-that occurs at least ``min_count`` times in the subdomain's held-out text (not only the
-tail concepts), each with its general-pool frequency, so the share of types an SAE
-captures can be read off per frequency decade (``ssae_steps.evals.report``).
+that occurs at least ``min_count`` times in the validation part of the subdomain's held-out
+text (not only the tail concepts), each with its general-pool frequency, so the share of
+types an SAE captures can be read off per frequency decade (``ssae_steps.evals.report``).
+
+A chosen type or concept that no test row of either held-out set contains has no test F1:
+it is *not evaluable on test*, left out of every captured share and of recall (listed
+under ``not_on_test``), and since that depends on the text alone it is the same for every
+SAE. Its count is reported beside the share.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ from typing import Annotated, Any
 
 import numpy as np
 
+from ssae_steps.activations.shards import Shard, check_set
 from ssae_steps.cli import run
+from ssae_steps.data.splits import in_test_part
 from ssae_steps.evals.config import TailConfig
 from ssae_steps.files import atomic_path
 
@@ -44,21 +54,47 @@ Activity = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 ``(token_ids, active_rows, active_latents)`` per set, rows numbered within the set."""
 
 
+def is_rare(frequency: np.ndarray | float, cutoff: float) -> np.ndarray:
+    """Whether a general-pool frequency is *rare* under ``cutoff``: at most it. The one
+    definition behind the tail concepts' ``max_general_frequency``, the report's cumulative
+    frequency bins (every type up to an edge) and the TERM study's rare types."""
+    return np.asarray(frequency, dtype=np.float64) <= cutoff
+
+
+def general_frequencies(general_counts: np.ndarray) -> np.ndarray:
+    """Each token id's share of the general pool's training tokens."""
+    return np.asarray(general_counts, dtype=np.float64) / max(float(np.sum(general_counts)), 1.0)
+
+
+def validation_counts(manifest: str | Path, validation_fraction: float) -> np.ndarray:
+    """Occurrences of each token id (index = token id) in the *validation* documents of a
+    held-out activation set; its test documents are not counted."""
+    path = Path(manifest)
+    info, _ = check_set(path)
+    parts = [Shard(path.parent / "shards" / e["file"]).columns(["doc_id", "token_id"]) for e in info["shards"]]
+    doc_ids = np.concatenate([p["doc_id"] for p in parts])
+    token_ids = np.concatenate([p["token_id"] for p in parts]).astype(np.int64)
+    return np.bincount(
+        token_ids[~in_test_part(doc_ids, validation_fraction)], minlength=int(token_ids.max(initial=-1)) + 1
+    )
+
+
 def _padded(counts: np.ndarray, size: int) -> np.ndarray:
     return np.pad(counts, (0, max(0, size - len(counts))))[:size].astype(np.float64)
 
 
 def tail_tokens(
-    subdomain_counts: np.ndarray, general_counts: np.ndarray, heldout_counts: np.ndarray, cfg: TailConfig
+    subdomain_counts: np.ndarray, general_counts: np.ndarray, validation_counts: np.ndarray, cfg: TailConfig
 ) -> list[dict[str, float]]:
     """Tail concepts as rows ``{token_id, subdomain_count, general_count, ratio,
-    heldout_count}``, most specific first."""
-    size = max(len(subdomain_counts), len(general_counts), len(heldout_counts))
-    sub, gen, held = (_padded(c, size) for c in (subdomain_counts, general_counts, heldout_counts))
+    validation_count}``, most specific first; ``validation_counts``: occurrences in the
+    validation part of the subdomain's held-out text (:func:`validation_counts`)."""
+    size = max(len(subdomain_counts), len(general_counts), len(validation_counts))
+    sub, gen, held = (_padded(c, size) for c in (subdomain_counts, general_counts, validation_counts))
     sub_freq = (sub + 1) / (sub.sum() + size)
     gen_freq = (gen + 1) / (gen.sum() + size)
     ratio = sub_freq / gen_freq
-    keep = (ratio >= cfg.min_ratio) & (gen / max(gen.sum(), 1) <= cfg.max_general_frequency)
+    keep = (ratio >= cfg.min_ratio) & is_rare(general_frequencies(gen), cfg.max_general_frequency)
     keep &= (held >= cfg.min_count) & (sub > 0)
     order = np.flatnonzero(keep)
     order = order[np.argsort(-ratio[order], kind="stable")][: cfg.max_concepts]
@@ -68,7 +104,7 @@ def tail_tokens(
             "subdomain_count": int(sub[t]),
             "general_count": int(gen[t]),
             "ratio": float(ratio[t]),
-            "heldout_count": int(held[t]),
+            "validation_count": int(held[t]),
         }
         for t in order
     ]
@@ -143,14 +179,23 @@ def detections(activity: Activity, concepts: list[int], d_sae: int, chunk: int =
     return out
 
 
+def _evaluable(found: list[dict[str, Any]]) -> list[bool]:
+    """Per detection, whether the concept occurs in both parts (it has a validation-chosen
+    latent and a test F1)."""
+    return [bool(d["support"] and d["validation_support"]) for d in found]
+
+
 def tail_detection(activity: Activity, concepts: list[int], d_sae: int, threshold: float) -> dict[str, Any]:
     """Tail-concept recall and mean test F1 over the concepts that occur in both parts
-    (:func:`detections`), with every concept's detection."""
+    (:func:`detections`), with every concept's detection; ``not_on_test``: the concepts
+    left out (no test row), the same for every SAE."""
     found = detections(activity, concepts, d_sae)
-    evaluable = [d for d in found if d["support"] and d["validation_support"]]
+    keep = _evaluable(found)
+    evaluable = [d for d, k in zip(found, keep, strict=True) if k]
     return {
         "concepts": len(concepts),
         "evaluable": len(evaluable),
+        "not_on_test": [d["token_id"] for d, k in zip(found, keep, strict=True) if not k],
         "recall": tail_recall(evaluable, threshold),
         "mean_best_f1": float(np.mean([d["f1"] for d in evaluable])) if evaluable else math.nan,
         "detections": found,
@@ -160,30 +205,34 @@ def tail_detection(activity: Activity, concepts: list[int], d_sae: int, threshol
 def type_detection(
     activity: Activity, types: list[int], frequencies: np.ndarray, d_sae: int, threshold: float
 ) -> dict[str, list]:
-    """Every evaluable subdomain token type: its general-pool frequency, test F1 of its
-    validation-chosen latent, and whether that captures it (F1 >= ``threshold``)."""
+    """Every token type chosen on validation counts (:func:`token_types`): its general-pool
+    frequency, test F1 of its validation-chosen latent, and whether that captures it
+    (F1 >= ``threshold``). A type no test row contains has no test F1 and is listed under
+    ``not_on_test`` instead (not counted as missed; the same for every SAE)."""
     found = detections(activity, types, d_sae)
-    keep = [i for i, d in enumerate(found) if d["support"] and d["validation_support"]]
+    keep = _evaluable(found)
     return {
-        "token_id": [types[i] for i in keep],
-        "general_frequency": [float(frequencies[i]) for i in keep],
-        "f1": [found[i]["f1"] for i in keep],
-        "captured": [found[i]["f1"] >= threshold for i in keep],
+        "token_id": [types[i] for i, k in enumerate(keep) if k],
+        "general_frequency": [float(frequencies[i]) for i, k in enumerate(keep) if k],
+        "f1": [found[i]["f1"] for i, k in enumerate(keep) if k],
+        "captured": [found[i]["f1"] >= threshold for i, k in enumerate(keep) if k],
+        "not_on_test": [types[i] for i, k in enumerate(keep) if not k],
     }
 
 
-def token_types(general_counts: np.ndarray, heldout_counts: np.ndarray, min_count: int) -> list[dict[str, Any]]:
-    """Every token type with at least ``min_count`` occurrences in the subdomain's held-out
-    text, as rows ``{token_id, heldout_count, general_count, general_frequency}``."""
-    size = max(len(general_counts), len(heldout_counts))
-    gen, held = _padded(general_counts, size), _padded(heldout_counts, size)
-    total = max(gen.sum(), 1.0)
+def token_types(general_counts: np.ndarray, validation_counts: np.ndarray, min_count: int) -> list[dict[str, Any]]:
+    """Every token type with at least ``min_count`` occurrences in the validation part of the
+    subdomain's held-out text (:func:`validation_counts`), as rows ``{token_id,
+    validation_count, general_count, general_frequency}``."""
+    size = max(len(general_counts), len(validation_counts))
+    gen, held = _padded(general_counts, size), _padded(validation_counts, size)
+    frequency = general_frequencies(gen)
     return [
         {
             "token_id": int(t),
-            "heldout_count": int(held[t]),
+            "validation_count": int(held[t]),
             "general_count": int(gen[t]),
-            "general_frequency": float(gen[t] / total),
+            "general_frequency": float(frequency[t]),
         }
         for t in np.flatnonzero(held >= min_count)
     ]
@@ -204,28 +253,32 @@ def write_tail_table(
     model_dir: str | Path,
     out: str | Path,
     types_out: str | Path | None = None,
+    *,
+    validation_fraction: float,
 ) -> list[dict[str, Any]]:
-    """Count tokens in the three activation sets, pick the tail concepts, write them as CSV
-    (with each token's text); ``types_out``: every evaluable token type (:func:`token_types`)."""
+    """Count tokens in the three activation sets (of the held-out one, its validation part
+    only: ``validation_fraction`` as in ``evaluation.validation_fraction``), pick the tail
+    concepts, write them as CSV (with each token's text); ``types_out``: every token type
+    chosen for evaluation (:func:`token_types`)."""
     from transformers import AutoTokenizer
 
     from ssae_steps.activations.sets import token_counts
 
-    general, heldout = token_counts(general_train), token_counts(subdomain_heldout)
+    general, validation = token_counts(general_train), validation_counts(subdomain_heldout, validation_fraction)
     if types_out is not None:
-        types = token_types(general, heldout, cfg.min_count)
+        types = token_types(general, validation, cfg.min_count)
         with atomic_path(types_out) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(
-                handle, fieldnames=["token_id", "heldout_count", "general_count", "general_frequency"]
+                handle, fieldnames=["token_id", "validation_count", "general_count", "general_frequency"]
             )
             writer.writeheader()
             writer.writerows(types)
-        log.info("%d token types with >= %d held-out occurrences", len(types), cfg.min_count)
-    rows = tail_tokens(token_counts(subdomain_train), general, heldout, cfg)
+        log.info("%d token types with >= %d validation occurrences", len(types), cfg.min_count)
+    rows = tail_tokens(token_counts(subdomain_train), general, validation, cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     for row in rows:
         row["token"] = tokenizer.decode([row["token_id"]])
-    fields = ["token_id", "token", "subdomain_count", "general_count", "ratio", "heldout_count"]
+    fields = ["token_id", "token", "subdomain_count", "general_count", "ratio", "validation_count"]
     with atomic_path(out) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -241,10 +294,21 @@ def tail_concepts_command(
     subdomain_heldout: Path,
     model_dir: Path,
     out: Path,
-    types_out: Annotated[Path | None, "CSV of every token type with >= min_count held-out occurrences"] = None,
+    validation_fraction: Annotated[float, "evaluation.validation_fraction: only validation documents are counted"],
+    types_out: Annotated[Path | None, "CSV of every token type with >= min_count validation occurrences"] = None,
 ) -> None:
-    """Pick the subdomain's tail concepts (and list every evaluable token type)."""
-    write_tail_table(params, subdomain_train, general_train, subdomain_heldout, model_dir, out, types_out)
+    """Pick the subdomain's tail concepts (and list every token type to evaluate), on the
+    validation part of the held-out text."""
+    write_tail_table(
+        params,
+        subdomain_train,
+        general_train,
+        subdomain_heldout,
+        model_dir,
+        out,
+        types_out,
+        validation_fraction=validation_fraction,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

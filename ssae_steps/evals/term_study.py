@@ -5,9 +5,10 @@ Per (tilt, k), on the test part of the held-out sets, with the intervals of
 ``ssae_steps.evals.compare`` (seed mean; document bootstrap, plus the seed spread where a
 run has several seeds): FVU, ΔCE and KL; tail-token FVU and tail-concept recall (point
 values: they rest on a handful of tokens); the share of subdomain token types captured, over
-all evaluable types and over the rare ones (general-pool frequency at most ``rare_frequency``),
-with a bootstrap interval over types; and the tilt's own diagnostics from training (mean
-effective sample size of the weights and top-1% weight share). Each tilted run is compared
+all types evaluable on test and over the rare ones (general-pool frequency at most
+``rare_frequency``: ``ssae_steps.evals.tail.is_rare``), with a bootstrap interval over
+types; and the tilt's own diagnostics from training (mean effective sample size of the
+weights and top-1% weight share). Each tilted run is compared
 with the t = 0 run at the same k, seed s with seed s, and a difference is a finding only
 when its interval excludes zero.
 
@@ -37,6 +38,7 @@ from ssae_steps.evals.compare import (
     load_runs,
     metrics_table,
 )
+from ssae_steps.evals.tail import is_rare
 from ssae_steps.files import atomic_path, write_text
 from ssae_steps.sae.runs import parse_run, seed_groups
 
@@ -44,10 +46,12 @@ log = logging.getLogger("ssae.term_study")
 
 
 def captured_shares(result: dict[str, Any], rare_frequency: float) -> dict[str, np.ndarray]:
-    """Per evaluable token type, 1.0 where captured: all types, and the rare ones."""
+    """Per token type evaluable on test, 1.0 where captured: all types, and the rare ones
+    (:func:`~ssae_steps.evals.tail.is_rare`: general-pool frequency at most
+    ``rare_frequency``, as in the report's frequency bins and the tail concepts)."""
     captured = np.asarray(result["types"]["captured"], dtype=np.float64)
     frequency = np.asarray(result["types"]["general_frequency"], dtype=np.float64)
-    return {"all": captured, "rare": captured[frequency <= rare_frequency]}
+    return {"all": captured, "rare": captured[is_rare(frequency, rare_frequency)]}
 
 
 def _type_share(results: list[dict[str, Any]], part: str, rare_frequency: float, boot: Bootstrap) -> dict[str, Any]:

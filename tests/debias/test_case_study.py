@@ -18,10 +18,10 @@ from ssae_steps.debias.bios import (
     remove_profession_sentences,
     swap_gender,
 )
-from ssae_steps.debias.case_study import run_case_study
+from ssae_steps.debias.case_study import run_case_study, run_variants
 from ssae_steps.debias.config import DebiasConfig
 from ssae_steps.debias.probes import CaseData, Outcome, delete_gendered_words, sparse_probe
-from ssae_steps.debias.report import choose_n, paired_comparisons
+from ssae_steps.debias.report import choose_n, paired_comparisons, summary_markdown
 
 
 def planted(n: int = 400, seed: int = 0, female_latent: float = 3.0, hidden_gender: float = 0.0):
@@ -96,6 +96,58 @@ def test_an_sae_without_gender_latents_loses_the_paired_comparison() -> None:
     retrain = rows["SHIFT + retrain"]
     assert retrain["seeds"] == 2 and retrain["reference"] == "gsae"
     assert retrain["difference"] > 0.3 and retrain["ci_low"] > 0 and retrain["finding"]
+
+
+def test_each_variant_reports_its_biography_ssae_and_the_swap_control_beside_the_others() -> None:
+    """With copies in the table: the main variant reports every SAE, the swap control and
+    the real-only biography SSAE included, each with intervals, and compares the
+    biography SSAE with each; the "real" variant leaves out every SAE finetuned on swapped
+    text, so its biography SSAE is the real-only one."""
+    import pandas as pd
+
+    data, a, decoder = planted()
+    rng = np.random.default_rng(1)
+    copy = data.train & (rng.random(len(data.label)) < 0.4)
+    split = np.where(data.test, "heldout", np.where(data.validation, "validation", "train"))
+    docs = pd.DataFrame(
+        {"label": data.label, "gender": np.where(data.gender == 1, "female", "male"), "split": split,
+         "counterfactual": copy, "biased_train": data.biased, "biased_train_real": data.biased & ~copy}
+    )  # fmt: skip
+    names = ("gsae", "ssae_bios", "ssae_bios_real", "ssae_swap", "ssae_physics")
+    inputs = {(name, s): (a + 0.01 * i, decoder) for s in (0, 1) for i, name in enumerate(names)}
+    cfg = DebiasConfig(n_latents=[2], random_repeats=1, bootstrap_samples=200, sparse_probing_k=[1])
+    tables, comparisons, points, _, sparse = run_variants(docs, data.x, None, inputs, cfg, seed=0)
+
+    assert list(tables) == ["copies", "real"]
+    reported = {v: {r["sae"] for r in rows} - {"-"} for v, rows in tables.items()}
+    assert reported == {"copies": set(names), "real": {"gsae", "ssae_bios_real", "ssae_physics"}}
+    swap = {r["method"]: r for r in tables["copies"] if r["sae"] == "ssae_swap"}
+    assert set(swap) == {"SHIFT ssae_swap", "SHIFT + retrain ssae_swap", "random latents ssae_swap",
+                         "random latents + retrain ssae_swap"}  # fmt: skip
+    for row in swap.values():
+        assert row["seeds"] == 2 and row["sae_training"].startswith("swap control")
+        assert row["worst_group_acc_ci_low"] <= row["worst_group_acc"] <= row["worst_group_acc_ci_high"]
+    real_bios = next(r for r in tables["real"] if r["method"] == "SHIFT ssae_bios_real")
+    assert real_bios["paper"] == (90.2, 53.4, 88.5)  # the paper's biography SSAE read real biographies
+    pairs = {v: {(r["sae"], r["reference"]) for r in rows} for v, rows in comparisons.items()}
+    assert pairs == {
+        "copies": {("ssae_bios", b) for b in ("gsae", "ssae_bios_real", "ssae_swap", "ssae_physics")},
+        "real": {("ssae_bios_real", "gsae"), ("ssae_bios_real", "ssae_physics")},
+    }
+    assert all(r["seeds"] == 2 and r["ci_low"] <= r["difference"] <= r["ci_high"] for r in comparisons["copies"])
+    assert {p["sae"] for p in points if p["variant"] == "real"} - {"-"} == reported["real"]
+    assert {r["sae"] for r in sparse} == set(names)
+
+    training = {"ssae_swap": {"real": 140, "copies": 140, "characters": 138720,
+                              "gendered_words_per_1000_characters": 9.8}}  # fmt: skip
+    counts = {"test (real)": {"a/male": 25}}
+    summary = summary_markdown(tables, comparisons, sparse, counts, "copies", training)
+    assert "| ssae_swap | swap control: non-biography pool text, each document with its gender-swapped copy " in summary
+    assert "| copies | 140 + 140 | 138,720 | 9.8 |" in summary
+    assert "| ssae_bios_real | the training biographies, real articles only | copies, real |" in summary
+    assert "| SHIFT + retrain ssae_swap | 2 | 2 |" in summary
+    assert "the biography SSAE is ssae_bios_real." in summary
+    assert "SHIFT + retrain: ssae_bios - ssae_swap" in summary and "SHIFT: ssae_bios_real - gsae" in summary
 
 
 def test_sparse_probing_picks_the_planted_latent_at_k1() -> None:

@@ -75,13 +75,15 @@ def test_identity_splice_gives_the_clean_loss(tiny_model_dir: Path) -> None:
     clean, n = spliced_loss(model, windows, layer=2, bos=bos, pad=pad, batch_size=2)
     identity, _ = spliced_loss(model, windows, layer=2, bos=bos, pad=pad, batch_size=2, replace=lambda h: h)
     zero, _ = spliced_loss(model, windows, layer=2, bos=bos, pad=pad, batch_size=2, replace=torch.zeros_like)
-    assert n == sum(len(w) for w in windows)
+    assert n == sum(len(w) - 1 for w in windows)  # not the prediction from BOS
     assert identity == pytest.approx(clean, rel=1e-6)
     assert abs(zero - clean) > 1e-3  # the tiny model is untrained, so only "different" is assured
-    # The chunked loss is the model's own: HF's loss on one window.
+    # The chunked loss is the model's own: HF's loss on one window, from position 1 on.
     ids = torch.tensor([[bos, *windows[0]]])
     with torch.inference_mode():
-        reference = float(model(input_ids=ids, labels=ids).loss)
+        labels = ids.clone()
+        labels[0, 1] = -100  # the first token, predicted from BOS
+        reference = float(model(input_ids=ids, labels=labels).loss)
     single, _ = spliced_loss(model, windows[:1], layer=2, bos=bos, pad=pad, batch_size=1)
     assert single == pytest.approx(reference, rel=1e-5)
     # A splice that returns the cached activation itself (what the SAE sees) changes nothing either.
@@ -187,7 +189,7 @@ def test_sae_plus_its_error_term_gives_the_clean_loss_and_noise_is_far_worse(tra
         return float(losses[key].sum() / losses["tokens"].sum())
 
     exact = window_losses(*args, replace=with_error)
-    assert exact["tokens"].sum() == sum(len(w) for w in windows)
+    assert exact["tokens"].sum() == sum(len(w) - 1 for w in windows)
     np.testing.assert_allclose(exact["spliced_ce"], exact["clean_ce"], rtol=1e-5)
     assert per_token(exact, "kl") < 1e-6
     spliced = window_losses(*args, replace=reconstruction)
@@ -246,13 +248,13 @@ def test_concept_detection_on_planted_latents() -> None:
     assert [d["latent"] for d in scored] == [1, 1] and scored[0]["f1"] == 0.0 and scored[1] == found[1]
 
 
-def test_token_types_are_every_type_held_out_often_enough() -> None:
+def test_token_types_are_every_type_in_validation_text_often_enough() -> None:
     general = np.array([0, 900, 0, 100])
-    heldout = np.array([3, 7, 5, 4])
-    types = token_types(general, heldout, min_count=5)
+    validation = np.array([3, 7, 5, 4])
+    types = token_types(general, validation, min_count=5)
     assert types == [
-        {"token_id": 1, "heldout_count": 7, "general_count": 900, "general_frequency": 0.9},
-        {"token_id": 2, "heldout_count": 5, "general_count": 0, "general_frequency": 0.0},
+        {"token_id": 1, "validation_count": 7, "general_count": 900, "general_frequency": 0.9},
+        {"token_id": 2, "validation_count": 5, "general_count": 0, "general_frequency": 0.0},
     ]
 
 

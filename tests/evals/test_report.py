@@ -184,13 +184,13 @@ def test_recall_by_frequency_counts_captured_types_per_decade(tmp_path: Path) ->
     _, _, _, summary = _report(tmp_path, runs)
     curves = pd.read_csv(tmp_path / "eval" / "recall_by_frequency.csv")
     per_bin = curves[~curves["cumulative"]].set_index(["run", "frequency_high"])
-    # Hand counts. GSAE: unseen 0/2, [1e-6, 1e-5) 1/2, [1e-5, 1e-4) 2/3, [1e-3, 1e-2) 1/1.
+    # Hand counts. GSAE: unseen 0/2, (1e-6, 1e-5] 1/2, (1e-5, 1e-4] 2/3, (1e-3, 1e-2] 1/1.
     assert per_bin.loc[("gsae/k8", 0.0), "captured_share"] == 0.0
     assert per_bin.loc[("gsae/k8", 1e-5), "captured_share"] == 0.5
     assert per_bin.loc[("gsae/k8", 1e-4), "captured_share"] == pytest.approx(2 / 3)
     assert per_bin.loc[("gsae/k8", 1e-4), "n_types"] == 3
     assert per_bin.loc[("gsae/k8", 1e-3), "n_types"] == 0
-    # The SSAE, mean of its two seeds: unseen (2/2 + 1/2) / 2, [1e-5, 1e-4) (3/3 + 2/3) / 2.
+    # The SSAE, mean of its two seeds: unseen (2/2 + 1/2) / 2, (1e-5, 1e-4] (3/3 + 2/3) / 2.
     assert per_bin.loc[("ssae/dense/finetune-t0-k8", 0.0), "captured_share"] == pytest.approx(0.75)
     assert per_bin.loc[("ssae/dense/finetune-t0-k8", 1e-4), "captured_share"] == pytest.approx(5 / 6)
     assert per_bin.loc[("ssae/dense/finetune-t0-k8", 1e-4), "n_seeds"] == 2
@@ -207,6 +207,11 @@ def test_frequency_bins_put_each_type_in_exactly_one_decade() -> None:
     membership = np.array([in_frequency_bin(edge_cases, low, high, cumulative=False) for low, high in bins])
     assert (membership.sum(0) == 1).all()
     assert bins[1:] == [(1e-5, 1e-4), (1e-4, 1e-3), (1e-3, 1e-2)]
+    # Decades include their upper edge ("at most", as every rare cutoff): 1e-4 and 1e-3 end theirs.
+    assert membership[1].tolist() == [False, True, True, False, False, False]
+    assert membership[2].tolist() == [False, False, False, True, True, False]
+    # A type just above a power of ten starts the next decade; the top edge covers the commonest.
+    assert frequency_bins(np.array([np.nextafter(1e-5, 1.0), 1e-2])) == [(1e-5, 1e-4), (1e-4, 1e-3), (1e-3, 1e-2)]
     # Cumulative shares count exactly the types of the decades up to that edge.
     for i, (low, high) in enumerate(bins):
         assert in_frequency_bin(edge_cases, low, high, cumulative=True).sum() == membership[: i + 1].sum()

@@ -1,16 +1,19 @@
 """Spliced next-token loss: the cached-clean-pass KL identity against the model's own
-full-vocabulary distributions, for a linear head and for a soft-capped one."""
+full-vocabulary distributions, for a linear head and for a soft-capped one; every loss
+left out of the BOS-to-first-token prediction, which the splice cannot change."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from ssae_steps.config import ConfigError
 from ssae_steps.evals.evaluate import cached_clean_scores
+from ssae_steps.evals.per_doc import add_window_losses, doc_metrics, doc_stats
 from ssae_steps.evals.spliced_loss import (
     clean_scores,
     load_clean_scores,
@@ -35,9 +38,12 @@ def _scale_and_shift(h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _reference(model: object, windows: list[list[int]], bos: int, pad: int, replace) -> dict[str, np.ndarray]:
+def _reference(
+    model: object, windows: list[list[int]], bos: int, pad: int, replace, first: int = 1
+) -> dict[str, np.ndarray]:
     """One window at a time through HF's own forward (its LM head and soft-cap), float64
-    log-softmaxes over the whole vocabulary."""
+    log-softmaxes over the whole vocabulary, summed over the predictions from positions
+    ``first`` on (position 0 is BOS, predicting the window's first token)."""
     from ssae_steps.model import decoder_blocks
 
     def hook(_m, _i, output):
@@ -49,13 +55,13 @@ def _reference(model: object, windows: list[list[int]], bos: int, pad: int, repl
     out = {k: [] for k in ("clean_ce", "spliced_ce", "kl")}
     for w in windows:
         ids, mask = padded_batch([w], bos, pad)
-        clean = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, :-1].double(), -1)
+        clean = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, first:-1].double(), -1)
         handle = decoder_blocks(model)[LAYER].register_forward_hook(hook)
         try:
-            spliced = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, :-1].double(), -1)
+            spliced = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[0, first:-1].double(), -1)
         finally:
             handle.remove()
-        target = ids[0, 1:, None]
+        target = ids[0, first + 1 :, None]
         out["clean_ce"].append(-float(clean.gather(1, target).sum()))
         out["spliced_ce"].append(-float(spliced.gather(1, target).sum()))
         out["kl"].append(float((clean.exp() * (clean - spliced)).sum()))
@@ -77,7 +83,7 @@ def test_window_losses_equal_the_full_vocabulary_reference(tiny_model_dir: Path,
     assert clean.hook_hidden is None and resumable.hook_hidden is not None
     for cached in (None, clean, resumable):
         got = window_losses(model, windows, LAYER, bos, pad, 3, _scale_and_shift, clean=cached, chunk=5)
-        assert got["tokens"].tolist() == [len(w) for w in windows]
+        assert got["tokens"].tolist() == [len(w) - 1 for w in windows]
         for key in ("clean_ce", "spliced_ce", "kl"):
             np.testing.assert_allclose(got[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
@@ -166,3 +172,41 @@ def test_clean_scores_round_trip_and_refuse_other_windows(tiny_model_dir: Path, 
         cached_clean_scores(cache, path, "subdomain", windows)
     with pytest.raises(ValueError, match="other windows"):
         window_losses(model, other, LAYER, bos, pad, 2, lambda h: h, clean=loaded)
+
+
+def test_losses_leave_out_the_bos_to_first_token_prediction_per_document(tiny_model_dir: Path) -> None:
+    """The prediction from BOS is the same with and without the splice (delta CE and KL
+    exactly 0 there), so it is left out: each document's loss token count is its windows'
+    lengths minus one each, and its delta CE and KL equal HF's own over positions >= 1."""
+    model, tokenizer = load_model(tiny_model_dir)
+    windows = _windows(tokenizer)
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    # Seven windows of three documents (a document's windows need not be adjacent).
+    docs = ["b", "a", "b", "c", "a", "b", "c"]
+    everything = _reference(model, windows, bos, pad, _scale_and_shift, first=0)
+    from_first = _reference(model, windows, bos, pad, _scale_and_shift, first=1)
+    # What is left out: the BOS position's prediction, equal with and without the splice.
+    at_bos = {key: everything[key] - from_first[key] for key in everything}
+    np.testing.assert_allclose(at_bos["spliced_ce"], at_bos["clean_ce"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(at_bos["kl"], 0.0, atol=1e-6)
+    assert from_first["kl"].min() > 1e-4  # the rest does change
+    for cached in (None, clean_scores(model, windows, bos, pad, batch_size=3, layer=LAYER)):
+        losses = window_losses(model, windows, LAYER, bos, pad, 3, _scale_and_shift, clean=cached)
+        stats = doc_stats(np.array(docs * 2), np.zeros((14, 2)), np.zeros(14), np.zeros(14))
+        add_window_losses(stats, list(zip(docs, windows, strict=True)), losses)
+        assert stats["doc_id"].tolist() == ["a", "b", "c"]
+        for i, doc in enumerate(stats["doc_id"]):
+            mine = [j for j, d in enumerate(docs) if d == doc]
+            assert stats["loss_tokens"][i] == sum(len(windows[j]) - 1 for j in mine)
+            for key in ("clean_ce", "spliced_ce", "kl"):
+                np.testing.assert_allclose(
+                    stats[key][i], from_first[key][mine].sum(), rtol=1e-4, atol=1e-5, err_msg=f"{doc} {key}"
+                )
+        frame = pd.DataFrame({k: v for k, v in stats.items() if k != "sum_x"})
+        frame["sum_x"] = list(stats["sum_x"])
+        metrics = doc_metrics(frame)
+        ones = np.ones((1, 3))
+        n = sum(len(w) - 1 for w in windows)
+        delta = (from_first["spliced_ce"] - from_first["clean_ce"]).sum() / n
+        assert float(metrics["delta_ce"](ones)[0]) == pytest.approx(delta, rel=1e-3, abs=1e-6)
+        assert float(metrics["kl"](ones)[0]) == pytest.approx(from_first["kl"].sum() / n, rel=1e-3)

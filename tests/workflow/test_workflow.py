@@ -29,13 +29,16 @@ STRATS = ("seed", "dense", "bm25", "random")
 SSAES = 4 + 1
 # Downstream of the main SSAE: the evaluation overviews, the debiasing case study and the lineage.
 EVAL_REPORTS = {"evaluation_report": 1, "top_latents": 1, "debias": 1, "lineage": 1}
+# Per training seed, finetuned from its GSAE: the biography SSAE (real articles + their
+# gender-swapped copies), the real-only one and the swap control (the biographies have copies).
+FINETUNE_TEXTS = ("bios", "bios_real", "swap")
 ALL_TRAINING = {
     "train_gsae": 2,
     "train_ssae": SSAES,
     "training_report": 1,
     "evaluate_sae": 2 + SSAES,
     **EVAL_REPORTS,
-    "train_bios_ssae": 1,
+    "train_bios_ssae": len(FINETUNE_TEXTS),
 }
 
 
@@ -79,9 +82,12 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["term_study"] == 1
     for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents", "lineage"):
         assert counts[rule] == 1, rule
-    for rule in ("build_bios", "cache_bios_activations", "debias"):
+    for rule in ("build_bios", "debias"):
         assert counts[rule] == 1, rule
-    assert counts["train_bios_ssae"] == 3  # one per training seed, from that seed's GSAE
+    # The biography SSAE, the real-only one and the swap control: one text and one
+    # activation set each, and one SSAE per training seed, from that seed's GSAE.
+    assert counts["finetune_text"] == counts["cache_bios_activations"] == 3
+    assert counts["train_bios_ssae"] == 3 * 3
 
 
 def test_end_to_end_on_tiny_model(local_run: Path) -> None:
@@ -178,7 +184,7 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert (compared["ci_low"][~few] <= compared["ci_high"][~few]).all() and compared["ci_low"][few].isna().all()
     # Recall against frequency: every SAE at the main k, each bin's share within [0, 1].
     types = pd.read_csv(evals / "token_types.csv")
-    assert len(types) > 0 and (types["heldout_count"] >= 2).all()  # the test config's min_count
+    assert len(types) > 0 and (types["validation_count"] >= 2).all()  # the test config's min_count
     curves = pd.read_csv(evals / "recall_by_frequency.csv")
     assert set(curves["run"]) == set(metrics.loc[metrics["k"] == 8, "run"])
     assert curves["captured_share"].dropna().between(0, 1).all()
@@ -199,7 +205,10 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert "## Latent" in (evals / "top_latents.md").read_text()
 
     debias = pd.read_csv(workdir / "results/debias/results.csv")
-    assert {"gsae", "ssae_bios", "ssae_physics"} <= set(debias["sae"])
+    assert set(debias["sae"]) == {"-", "gsae", "ssae_bios", "ssae_bios_real", "ssae_swap", "ssae_physics"}
+    # The "real" variant has no SAE finetuned on swapped text; its biography SSAE reads real articles only.
+    real_variant = set(debias.loc[debias["variant"] == "real", "sae"])
+    assert real_variant == {"-", "gsae", "ssae_bios_real", "ssae_physics"}
     assert {"original probe", "oracle probe", "delete gendered words + retrain"} <= set(debias["method"])
     assert debias["worst_group_acc"].between(0, 1).all()
     assert (debias["worst_group_acc"] <= debias["profession_acc"] + 1e-9).all()
@@ -208,15 +217,44 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert test.groupby(["profession", "gender"]).size().tolist() == [25] * 4 and not test["counterfactual"].any()
     biased = bios[bios["biased_train"]]
     assert set(biased["profession"] + "/" + biased["gender"]) == {"leader/male", "performer/female"}
+    # What each finetune read, from its activation shards: the real-only biography SSAE no
+    # copy; the swap control no biography, but pool text with its swapped copies.
+    read = {}
+    for text in FINETUNE_TEXTS:
+        manifest = json.loads((acts / "debias" / text / "manifest.json").read_text())
+        read[text] = set()
+        for shard in manifest["shards"]:
+            with pa.memory_map(str(acts / "debias" / text / "shards" / shard["file"])) as source:
+                read[text] |= set(pa.ipc.open_file(source).read_all()["doc_id"].to_pylist())
+        run = json.loads((sae_dir / text / "ssae/summary.json").read_text())
+        assert run["set_tokens"] == manifest["tokens"] and run["steps"] == 4096 // 256  # the same recipe
+    train = bios[bios["split"] == "train"]
+    copies, real = set(train.loc[train["counterfactual"], "doc_id"]), set(train.loc[~train["counterfactual"], "doc_id"])
+    # (Each set a uniform sample of its documents under the test config's token cap.)
+    assert read["bios_real"] and read["bios_real"] <= real and not read["bios_real"] & copies
+    assert read["bios"] <= real | copies and read["bios"] & copies
+    swap = pq.read_table(workdir / "results/debias/finetune/swap.parquet").to_pandas()
+    assert read["swap"] <= set(swap["doc_id"]) and not read["swap"] & set(bios["doc_id"])
+    originals = swap[~swap["counterfactual"]]
+    assert set(originals["doc_id"]) <= set(general.loc[general["split"] == "train", "doc_id"]) - held
+    assert not (general.set_index("doc_id").loc[originals["doc_id"], "topic"] == "People").any()
+    assert swap["counterfactual"].sum() == len(originals) > 0
     table1 = pd.read_csv(workdir / "results/debias/table1.csv")
     assert set(table1["variant"]) == {"copies", "real"}
     assert {"SHIFT gsae", "SHIFT + retrain ssae_bios", "random latents + retrain ssae_physics"} <= set(table1["method"])
+    assert {"SHIFT ssae_swap", "SHIFT + retrain ssae_swap"} <= set(table1.loc[table1["variant"] == "copies", "method"])
+    assert "SHIFT + retrain ssae_bios_real" in set(table1.loc[table1["variant"] == "real", "method"])
     assert (table1["worst_group_acc_ci_low"] <= table1["worst_group_acc"] + 1e-9).all()
     compared = pd.read_csv(workdir / "results/debias/comparisons.csv")
-    assert set(compared["reference"]) == {"gsae", "ssae_physics"} and set(compared["sae"]) == {"ssae_bios"}
+    pairs = {v: set(zip(part["sae"], part["reference"], strict=True)) for v, part in compared.groupby("variant")}
+    assert pairs == {
+        "copies": {("ssae_bios", b) for b in ("gsae", "ssae_bios_real", "ssae_swap", "ssae_physics")},
+        "real": {("ssae_bios_real", "gsae"), ("ssae_bios_real", "ssae_physics")},
+    }
     sparse = pd.read_csv(workdir / "results/debias/sparse_probing.csv")
     assert set(sparse["k"]) == {1, 2, 5, 20} and set(sparse["target"]) == {"profession", "gender"}
-    assert "## Table 1 layout" in (workdir / "results/debias/summary.md").read_text()
+    summary = (workdir / "results/debias/summary.md").read_text()
+    assert "## Table 1 layout" in summary and "| ssae_swap | swap control" in summary
     lineage = pd.read_csv(workdir / "results/lineage/latents.csv")
     assert len(lineage) == 128 and set(lineage["class"]) <= {"kept", "drifted", "new", "dead"}
     assert (lineage["gsae_cosine"] <= 1 + 1e-5).all() and "| kept |" in (
@@ -273,6 +311,9 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "compare_selection": 1,
                 "cache_corpus_activations": 2,
                 "cache_selected_activations": 4,
+                # The swap control skips the subdomain's held-out documents, as the GSAE does.
+                "finetune_text": 1,
+                "cache_bios_activations": 1,
                 **ALL_TRAINING,
                 "tail_concepts": 1,
                 "eval_baselines": 1,
@@ -333,7 +374,7 @@ def _with(config: dict, dotted: str, value: object) -> dict:
             {
                 "cache_corpus_activations": 3,
                 "cache_selected_activations": 4,
-                "cache_bios_activations": 1,
+                "cache_bios_activations": len(FINETUNE_TEXTS),
                 **ALL_TRAINING,
                 "tail_concepts": 1,
                 "eval_baselines": 1,
@@ -350,7 +391,7 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 "training_report": 1,
                 "evaluate_sae": 1 + len(STRATS),
                 **EVAL_REPORTS,
-                "train_bios_ssae": 1,
+                "train_bios_ssae": len(FINETUNE_TEXTS),
             },
         ),
         # Caching the pool's training set in parts: the same shards, but a new manifest,
@@ -377,11 +418,18 @@ def _with(config: dict, dotted: str, value: object) -> dict:
                 **EVAL_REPORTS,
             },
         ),
-        # The validation/test split: what is measured on test, not the tail concepts or top latents.
+        # The validation/test split: what is measured on test, and the token types and tail
+        # concepts (counted on validation documents); not the top latents.
         (
             "evaluation.validation_fraction",
             0.4,
-            {"eval_baselines": 1, "evaluate_sae": 2 + SSAES, "evaluation_report": 1},
+            {
+                "tail_concepts": 1,
+                "eval_baselines": 1,
+                "evaluate_sae": 2 + SSAES,
+                "evaluation_report": 1,
+                "lineage": 1,
+            },
         ),
         # The bootstrap: the overview only.
         ("evaluation.bootstrap_samples", 200, {"evaluation_report": 1}),
@@ -493,7 +541,7 @@ def test_an_extra_seed_trains_the_main_comparison_from_its_own_gsae(local_run: P
         "training_report": 1,
         "evaluate_sae": 1 + len(STRATS),
         "evaluation_report": 1,
-        "train_bios_ssae": 1,
+        "train_bios_ssae": len(FINETUNE_TEXTS),
         "debias": 1,
         "cost_report": 1,
     }

@@ -1,24 +1,42 @@
-# Debiasing case study (SHIFT): labelled biographies, a biography SSAE finetuned from the
+# Debiasing case study (SHIFT): labelled biographies, biography SSAEs finetuned from the
 # GSAE of each training seed, and gender-latent ablation for a profession probe, GSAE vs SSAEs.
 #   debias/bios.parquet                         biographies with profession, gender and splits
-#   sae/bios/ssae[-sS]                          the biography SSAE of each seed
+#   debias/finetune/TEXT.parquet, TEXT.json     the finetuning text of each SSAE below
+#   sae/bios/ssae[-sS]                          biography SSAE: training biographies + their copies
+#   sae/bios_real/ssae[-sS]                     biography SSAE of the "real" variant: real articles only
+#   sae/swap/ssae[-sS]                          swap control: non-biography pool text + its swapped copies
 #   debias/summary.md, table1.csv, results.csv  Table-1 layout with intervals, every N and seed
-#   debias/comparisons.csv                      biography SSAE vs GSAE and vs the off-domain SSAE
+#   debias/comparisons.csv                      the biography SSAE vs every other SAE of its variant
 #   debias/sparse_probing.csv, worst_group.png  k-sparse probing, the plot
+# With no counterfactual copies (local and hub data by default) the biography SSAE reads
+# real articles only, and neither bios_real nor the swap control is trained.
+
+from types import SimpleNamespace
 
 DEBIAS = config["debias"]
+DEBIAS_CONFIG = DebiasConfig.from_dict({k: v for k, v in DEBIAS.items() if k != "enabled"})
+BIOS_COPIES = DEBIAS_CONFIG.data.with_copies
+# The finetuning texts (ssae_steps/debias/finetune_text.py) and the SSAE named after each.
+# Without copies the biography SSAE reads real articles only, and there are no swapped pairs
+# for the control to match.
+FINETUNE_TEXTS = ["bios"]
+if BIOS_COPIES:
+    FINETUNE_TEXTS += ["bios_real"] + (["swap"] if DEBIAS_CONFIG.swap_control else [])
+if SUBDOMAIN in ("bios", "bios_real", "swap"):
+    raise WorkflowError(f"invalid config: retrieval.subdomain: {SUBDOMAIN!r} is the name of a debiasing SSAE's text")
 
 
 def debias_saes():
-    """``(name, seed) -> run dir``: per training seed the GSAE, the biography SSAE, and the
-    main subdomain SSAE as an off-domain control (where that seed trained it)."""
+    """``(name, seed) -> run dir``: per training seed the GSAE, the SSAE of each finetuning
+    text, and the main subdomain SSAE as an off-domain control (where that seed trained it)."""
     ssae = TRAINING_PLAN.ssae
     control_seeds = SWEEP_STRATEGY in SEED_STRATEGIES and max(ssae.tilts) == ssae.tilts[0]
     runs = {}
     for seed in SEEDS:
         tag = seed_tag(seed)
         runs[("gsae", seed)] = f"results/sae/general/k{MAIN_K}{gsae_tag(seed)}"
-        runs[("ssae_bios", seed)] = f"results/sae/bios/ssae{tag}"
+        for text in FINETUNE_TEXTS:
+            runs[(f"ssae_{text}", seed)] = f"results/sae/{text}/ssae{tag}"
         if not tag or control_seeds:
             runs[(f"ssae_{SUBDOMAIN}", seed)] = main_ssae_dir() + tag
     return runs
@@ -40,12 +58,52 @@ rule build_bios:
         "{PY:q} -m ssae_steps.debias.bios --params {params.cfg:q} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
+def finetune_text_inputs(wildcards):
+    inputs = {"bios": "results/debias/bios.parquet"}
+    if wildcards.text == "swap":
+        # The pool's training documents, less what a subdomain holds out (as for the GSAE).
+        inputs["pool"] = f"results/corpora/{POOL}/docs.parquet"
+        inputs["exclude"] = activation_exclusions(SimpleNamespace(corpus=POOL, split="train"))
+    return inputs
+
+
+def finetune_text_scope(wildcards, input):
+    if wildcards.text != "swap":
+        return ""
+    exclude = f" --exclude-heldout-of {' '.join(input.exclude)}" if input.exclude else ""
+    return f"--pool {input.pool}{exclude}"
+
+
+rule finetune_text:
+    input:
+        unpack(finetune_text_inputs),
+    output:
+        table="results/debias/finetune/{text}.parquet",
+        summary="results/debias/finetune/{text}.json",
+    wildcard_constraints:
+        text="bios|bios_real|swap",
+    params:
+        scope=finetune_text_scope,
+        code=code_version("ssae_steps.debias.finetune_text"),
+    conda:
+        ENV
+    log:
+        "logs/debias/finetune_text/{text}.log",
+    benchmark:
+        "benchmarks/debias/finetune_text/{text}.tsv"
+    shell:
+        "{PY:q} -m ssae_steps.debias.finetune_text --text {wildcards.text} --bios {input.bios} {params.scope} "
+        "--out {output.table} --summary {output.summary} > {log} 2>&1"
+
+
 rule cache_bios_activations:
     input:
-        table="results/debias/bios.parquet",
+        table="results/debias/finetune/{text}.parquet",
         model="results/model/model.json",
     output:
-        manifest="results/activations/debias/bios/manifest.json",
+        manifest="results/activations/debias/{text}/manifest.json",
+    wildcard_constraints:
+        text="bios|bios_real|swap",
     params:
         cfg=ACTIVATION_CFG,
         scope="--split train",
@@ -59,22 +117,25 @@ rule cache_bios_activations:
     conda:
         ENV
     log:
-        "logs/cache_activations/debias/bios.log",
+        "logs/cache_activations/debias/{text}.log",
     benchmark:
-        "benchmarks/cache_activations/debias/bios.tsv"
+        "benchmarks/cache_activations/debias/{text}.tsv"
     shell:
         CACHE_SHELL
 
 
+# One recipe for every finetuning text: the biography SSAEs and the swap control differ in
+# their text only.
 rule train_bios_ssae:
     input:
-        activations="results/activations/debias/bios/manifest.json",
+        activations="results/activations/debias/{text}/manifest.json",
         gsae=lambda wc: f"results/sae/general/k{MAIN_K}{gsae_tag(seed_of(wc.seedtag))}/summary.json",
     output:
-        sae=directory("results/sae/bios/ssae{seedtag}/sae"),
-        log_csv="results/sae/bios/ssae{seedtag}/train_log.csv",
-        summary="results/sae/bios/ssae{seedtag}/summary.json",
+        sae=directory("results/sae/{text}/ssae{seedtag}/sae"),
+        log_csv="results/sae/{text}/ssae{seedtag}/train_log.csv",
+        summary="results/sae/{text}/ssae{seedtag}/summary.json",
     wildcard_constraints:
+        text="bios|bios_real|swap",
         seedtag=SEED_TAG,
     params:
         cfg=as_json(SSAE_PARAMS),
@@ -89,13 +150,13 @@ rule train_bios_ssae:
     conda:
         ENV
     log:
-        "logs/train_sae/bios{seedtag}.log",
+        "logs/train_sae/{text}{seedtag}.log",
     benchmark:
-        "benchmarks/train_sae/bios{seedtag}.tsv"
+        "benchmarks/train_sae/{text}{seedtag}.tsv"
     shell:
         "{PY:q} -m ssae_steps.sae.train --params {params.cfg:q} --role ssae --init finetune "
         "--tilt {params.tilt} --k {MAIN_K} --seed {params.seed} --manifest {input.activations} "
-        "--init-from {params.gsae} --out-dir results/sae/bios/ssae{wildcards.seedtag} "
+        "--init-from {params.gsae} --out-dir results/sae/{wildcards.text}/ssae{wildcards.seedtag} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
 
@@ -103,6 +164,7 @@ rule debias:
     input:
         table="results/debias/bios.parquet",
         saes=lambda wc: [f"{d}/summary.json" for d in debias_saes().values()],
+        texts=expand("results/debias/finetune/{text}.json", text=FINETUNE_TEXTS),
         model="results/model/model.json",
     output:
         table="results/debias/results.csv",
@@ -114,6 +176,7 @@ rule debias:
     params:
         cfg=as_json({k: v for k, v in DEBIAS.items() if k != "enabled"}),
         saes=lambda wc: " ".join(f"{name}:{seed}={d}/sae" for (name, seed), d in debias_saes().items()),
+        texts=" ".join(f"ssae_{text}=results/debias/finetune/{text}.json" for text in FINETUNE_TEXTS),
         hook_layer=config["model"]["hook_layer"],
         context_length=config["activations"]["context_length"],
         seed=config["seed"],
@@ -131,4 +194,5 @@ rule debias:
     shell:
         "{PY:q} -m ssae_steps.debias.case_study --params {params.cfg:q} --table {input.table} --saes {params.saes} "
         "--model-dir results/model/hf --hook-layer {params.hook_layer} --context-length {params.context_length} "
-        "--seed {params.seed} --out-dir results/debias --device {params.device} --threads {threads} > {log} 2>&1"
+        "--training-text {params.texts} --seed {params.seed} --out-dir results/debias --device {params.device} "
+        "--threads {threads} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Evaluation of every SAE on the held-out general and subdomain activation sets:
 #   eval/tail_tokens.csv          the subdomain's tail concepts
-#   eval/token_types.csv          every subdomain token type with its general-pool frequency
+#   eval/token_types.csv          every subdomain token type to evaluate (chosen on the
+#                                 validation documents) with its general-pool frequency
 #   eval/baselines.json           clean and zero-ablation loss per set
 #   eval/clean_scores.safetensors the clean model's scores of the scored windows, which every
 #                                 SAE's evaluation reuses (ssae_steps/evals/spliced_loss.py)
@@ -17,7 +18,8 @@ EVAL_SETS = {
 # Each rule gets only the keys it reads, so e.g. a new tail threshold keeps the baselines.
 EVAL = config["evaluation"]
 # The validation/test split and the scored windows depend on loss_tokens, batch_size and
-# validation_fraction (and the top-level seed); the bootstrap only on bootstrap_samples.
+# validation_fraction (and the top-level seed); the bootstrap only on bootstrap_samples;
+# the token types and tail concepts on evaluation.tail and validation_fraction.
 LOSS_KEYS = {key: EVAL[key] for key in ("loss_tokens", "batch_size", "validation_fraction")}
 SAE_EVAL_KEYS = {**LOSS_KEYS, "dense_threshold": EVAL["dense_threshold"], "tail": EVAL["tail"]}
 SHOW_KEYS = {key: EVAL[key] for key in ("top_latents", "contexts_per_latent")}
@@ -62,6 +64,8 @@ rule tail_concepts:
         types="results/eval/token_types.csv",
     params:
         cfg=as_json(EVAL["tail"]),
+        # Types and tail concepts are counted on the validation documents only.
+        validation_fraction=EVAL["validation_fraction"],
         code=code_version("ssae_steps.evals.tail"),
     conda:
         ENV
@@ -70,7 +74,8 @@ rule tail_concepts:
     shell:
         "{PY:q} -m ssae_steps.evals.tail --params {params.cfg:q} --subdomain-train {input.subdomain} "
         "--general-train {input.general} --subdomain-heldout {input.heldout} --model-dir results/model/hf "
-        "--out {output.tail} --types-out {output.types} > {log} 2>&1"
+        "--validation-fraction {params.validation_fraction} --out {output.tail} --types-out {output.types} "
+        "> {log} 2>&1"
 
 
 rule eval_baselines:
