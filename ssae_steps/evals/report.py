@@ -358,7 +358,7 @@ def evaluation_report(
         "- Loss recovered (secondary) = (zero-ablation loss - spliced loss) / (zero-ablation loss - clean loss).",
         "- `control`: the GSAE finetuned for the same steps and tokens on general text only (the `random`",
         "  strategy, no seed documents), so SSAE vs control separates specialising from more training.",
-        "- Tail concepts: subdomain-specific rare tokens (see README); tail recall = share of them whose",
+        "- Tail concepts: subdomain-specific rare tokens (docs/evaluation.md); tail recall = share of them whose",
         "  latent, chosen on validation, detects them on test with F1 >= the configured threshold.",
         "  Tail concepts and the token types of the recall curve are chosen on validation counts; one",
         "  with no test occurrence is left out (the same for every SAE). Rare = general-pool",
