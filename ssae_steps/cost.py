@@ -59,7 +59,9 @@ def by_stage(jobs: Any) -> Any:
     return table
 
 
-def cost_report(benchmarks: str | Path, out_table: str | Path, out_plot: str | Path, out_summary: str | Path) -> Any:
+def cost_report(
+    out_table: str | Path, out_plot: str | Path, out_summary: str | Path, benchmarks: str | Path = "benchmarks"
+) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")

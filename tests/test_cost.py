@@ -26,7 +26,7 @@ def test_cost_page_sums_jobs_by_stage(tmp_path: Path) -> None:
     _tsv(bench / "eval/runs/general/k32.tsv", (300.0, 2200.0, 590.0))
     _tsv(bench / "prepare_model.tsv", (130.0, 3000.0, 120.0))
     out = tmp_path / "results"
-    stages = cost_report(bench, out / "cost.csv", out / "cost.png", out / "cost.md").set_index("stage")
+    stages = cost_report(out / "cost.csv", out / "cost.png", out / "cost.md", benchmarks=bench).set_index("stage")
     assert list(stages.index) == ["eval", "train_sae", "prepare_model"]  # heaviest first
     assert stages.loc["train_sae", "jobs"] == 2
     assert stages.loc["train_sae", "wall_s"] == pytest.approx(230.0)

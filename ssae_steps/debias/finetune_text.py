@@ -126,6 +126,13 @@ def swap_control_text(
     names = set(pq.read_schema(pool).names)
     labels = [c for c in ("topic", "description") if c in names]
     data = pq.read_table(pool, columns=["doc_id", "text", "split", *labels]).to_pydict()
+    if not any(value for c in labels for value in data[c]):
+        # Without labels no article can be told to be a biography, and the control would
+        # take biographies (test articles among them) as "non-biography" text.
+        raise ConfigError(
+            f"file {pool}: the swap control needs the pool's `topic` or `description` labels to "
+            "leave biographies out; set debias.swap_control: false for this pool"
+        )
     blocked: set[str] = set()
     for other in exclude_heldout_of or []:
         blocked |= heldout_ids(other)

@@ -76,6 +76,8 @@ def table_1(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: in
     def ci(metrics: list[Any]) -> Interval:
         return seed_interval(metrics, n_docs, cfg.bootstrap_samples, seed)
 
+    # The variant's biography SSAE, as paired_comparisons picks it.
+    biography = next((n for n in BIOGRAPHY_SSAES if n in {sae for sae, _ in groups}), None)
     rows = []
     for (sae, method), runs in groups.items():
         label = method if sae == "-" else f"{method} {sae}"
@@ -90,8 +92,8 @@ def table_1(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: in
             # Accuracies live in [0, 1]; the seed t interval can overshoot it.
             low, high = (float(np.clip(v, 0, 1)) if not np.isnan(v) else v for v in (value.low, value.high))
             row |= {key: value.estimate, f"{key}_ci_low": low, f"{key}_ci_high": high}
-        # The paper's biography SSAE was trained on real biographies: its row sits beside either.
-        paper = PAPER_TABLE_1.get(f"{method} ssae_bios" if sae in BIOGRAPHY_SSAES else label)
+        # The paper's biography SSAE sits beside the variant's biography SSAE only.
+        paper = PAPER_TABLE_1.get(f"{method} ssae_bios" if sae == biography else label)
         rows.append(row | {"sae": sae, "base_method": method, "paper": paper, "sae_training": sae_training(sae)})
     order = {m: i for i, m in enumerate(SAE_METHODS)}
     saes = list(dict.fromkeys(r["sae"] for r in rows if r["sae"] != "-"))

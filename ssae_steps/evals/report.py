@@ -61,7 +61,7 @@ def findings(table: Any, main_k: int) -> list[str]:
             f"test text: FVU {interval_text(b, 'fvu')}, ΔCE {interval_text(b, 'delta_ce')} nats, "
             f"KL {interval_text(b, 'kl')} nats "
             f"(clean loss {b['clean_loss']:.4f}); tail-concept recall {b['tail_recall']:.3f} over "
-            f"{b['tail_evaluable']} evaluable concepts (no interval)."
+            f"{int(b['tail_evaluable'])} evaluable concepts (no interval)."
         )
     chosen = sub[sub["family"] != "GSAE"].sort_values("validation_fvu_first_seed").groupby("strategy").head(1)
     if not chosen.empty:

@@ -244,7 +244,7 @@ def lineage(
     if tail_tokens and Path(tail_tokens).exists():
         concept_sets["tail concepts"] = pd.read_csv(tail_tokens)["token_id"].astype(int).tolist()
     if token_types and Path(token_types).exists():
-        concept_sets["rare subdomain token types"] = pd.read_csv(token_types)["token_id"].astype(int).tolist()
+        concept_sets["subdomain token types (evaluated)"] = pd.read_csv(token_types)["token_id"].astype(int).tolist()
     concept_counts, concept_of = {}, {}
     for kind, ids in concept_sets.items():
         owners = concept_owners(s_codes[:sub_rows], sub_tokens, ids, detect_f1)
@@ -328,7 +328,7 @@ def lineage_command(
     model_dir: Path,
     out_dir: Path,
     tail_tokens: Annotated[Path | None, "the evaluation's tail concepts (csv)"] = None,
-    token_types: Annotated[Path | None, "rare subdomain token types (csv)"] = None,
+    token_types: Annotated[Path | None, "subdomain token types chosen for evaluation (token_types.csv)"] = None,
     detect_f1: float = 0.5,
 ) -> None:
     """Match an SSAE's latents to its GSAE's, classify them, and write the latent browser."""

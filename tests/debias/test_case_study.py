@@ -129,6 +129,10 @@ def test_each_variant_reports_its_biography_ssae_and_the_swap_control_beside_the
         assert row["worst_group_acc_ci_low"] <= row["worst_group_acc"] <= row["worst_group_acc_ci_high"]
     real_bios = next(r for r in tables["real"] if r["method"] == "SHIFT ssae_bios_real")
     assert real_bios["paper"] == (90.2, 53.4, 88.5)  # the paper's biography SSAE read real biographies
+    # ... beside each variant's own biography SSAE only.
+    papered = {v: {r["sae"] for r in rows if r["paper"] and r["sae"] != "-"} for v, rows in tables.items()}
+    assert "ssae_bios" in papered["copies"] and "ssae_bios_real" not in papered["copies"]
+    assert "ssae_bios_real" in papered["real"]
     pairs = {v: {(r["sae"], r["reference"]) for r in rows} for v, rows in comparisons.items()}
     assert pairs == {
         "copies": {("ssae_bios", b) for b in ("gsae", "ssae_bios_real", "ssae_swap", "ssae_physics")},

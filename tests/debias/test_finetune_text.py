@@ -108,7 +108,10 @@ def test_the_swap_control_reads_non_biography_text_with_the_same_swaps(tmp_path:
     assert info["real"] == info["copies"] == 2 and info["gendered_words_per_1000_characters"] > 0
 
     # Matched in characters: with a target below the pool's supply, the densest come first.
-    many = [{"text": f"Tale {i}: " + "he saw her. " * (i + 1) + "x" * 400, "split": "train"} for i in range(200)]
+    many = [
+        {"text": f"Tale {i}: " + "he saw her. " * (i + 1) + "x" * 400, "split": "train", "topic": "Arts"}
+        for i in range(200)
+    ]
     write_finetune_text("swap", bios, out, tmp_path / "s.json", pool_table(tmp_path, many))
     chosen = pq.read_table(out).to_pandas()
     real_chars = sum(len(t) for t in chosen.loc[~chosen["counterfactual"], "text"])
@@ -117,6 +120,15 @@ def test_the_swap_control_reads_non_biography_text_with_the_same_swaps(tmp_path:
     assert target <= real_chars < target + max(len(r["text"]) for r in many)
     densest = sorted(many, key=lambda r: -swapped_words(r["text"]) / len(r["text"]))
     assert list(chosen.loc[~chosen["counterfactual"], "text"]) == [r["text"] for r in densest[: len(chosen) // 2]]
+
+
+def test_the_swap_control_refuses_a_pool_without_labels(tmp_path: Path) -> None:
+    """Without topic or description no biography can be left out, so the control would read
+    biographies (the case study's test articles among them) as non-biography text."""
+    bios = biographies(tmp_path)
+    pool = pool_table(tmp_path, [{"text": "He wrote; his book pleased her.", "split": "train"}])
+    with pytest.raises(ConfigError, match="set debias.swap_control: false"):
+        write_finetune_text("swap", bios, tmp_path / "s.parquet", tmp_path / "s.json", pool)
 
 
 def test_the_swap_control_needs_gendered_non_biography_text(tmp_path: Path) -> None:
