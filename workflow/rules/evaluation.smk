@@ -49,7 +49,7 @@ def pareto_curves():
     run = ssae_recipe(ssae.inits[0], ssae.tilts[0])
     return {
         "GSAE": [gsae_run(k) for k in ks],
-        f"SSAE {SWEEP_STRATEGY}/{run}": [ssae_run(SWEEP_STRATEGY, f"{run}-k{k}") for k in ks],
+        f"SSAE {SWEEP_STRATEGY}/{run}": [ssae_run(SWEEP_STRATEGY, ssae_recipe(ssae.inits[0], ssae.tilts[0], k)) for k in ks],
     }
 
 
