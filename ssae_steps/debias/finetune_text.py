@@ -16,12 +16,13 @@ Sets (``--text``):
 
 The swap control's documents:
 
-- non-biography: not a person article (:func:`is_biography`) - where the pool has the
-  columns, its ``topic`` is not "People" and its ``description`` names no profession
+- non-biography: not a person article (:func:`is_biography`) - its ``topic`` is not
+  "People" and its ``description`` names no profession
   keyword of :mod:`ssae_steps.debias.bios` or other person noun ("founder") and holds no
   life or reign dates ("(1809-1882)", "(born ...)", "from 690 to 705"; this also drops a
   few dynasties and periods). Gods, mythological and fictional figures, works of fiction
-  and articles such as "Mother" or "Women's rights" stay;
+  and articles such as "Mother" or "Women's rights" stay. A pool with neither label is
+  refused: nothing would keep biographies (the case study's test articles among them) out;
 - in the pool's training split and not held out by a subdomain (``exclude_heldout_of``),
   as for the GSAE;
 - at least :data:`MIN_SWAPS` gendered words swapped, so that the two texts of a pair differ;
