@@ -166,7 +166,7 @@ def _section(path: str, node: dict[str, Any], root: dict[str, Any], level: int) 
             desc = _text(child.get("description", ""))
             if _is_object(child) or _map_of_objects(child, root):
                 desc = (desc + " " if desc else "") + f"See `{path}.{key}` below."
-            elif child.get("type") == "array" and _is_object(_resolve(child.get("items", {}), root)):
+            elif _is_object_array(child, root):
                 desc = (desc + " " if desc else "") + f"See `{path}.{key}[]` below."
             lines.append(f"| `{key}` | {_type(child, root)} | {_default(child, key in required)} | {desc} |")
         lines.append("")
@@ -179,9 +179,13 @@ def _section(path: str, node: dict[str, Any], root: dict[str, Any], level: int) 
             lines += _section(f"{path}.{key}", child, root, min(level + 1, 4))
         elif _map_of_objects(child, root):
             lines += _map_section(f"{path}.{key}", child, root, min(level + 1, 4))
-        elif child.get("type") == "array" and _is_object(_resolve(child.get("items", {}), root)):
+        elif _is_object_array(child, root):
             lines += _section(f"{path}.{key}[]", child["items"], root, min(level + 1, 4))
     return lines
+
+
+def _is_object_array(node: dict[str, Any], root: dict[str, Any]) -> bool:
+    return node.get("type") == "array" and _is_object(_resolve(node.get("items", {}), root))
 
 
 def _map_of_objects(node: dict[str, Any], root: dict[str, Any]) -> bool:

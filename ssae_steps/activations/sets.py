@@ -77,7 +77,7 @@ def write_activation_set(
     return manifest
 
 
-def _read_set(manifest: str | Path, names: Sequence[str], max_rows: int | None = None) -> dict[str, np.ndarray]:
+def read_columns(manifest: str | Path, names: Sequence[str], max_rows: int | None = None) -> dict[str, np.ndarray]:
     """Columns ``names`` of a checked set in file order (the first ``max_rows`` rows)."""
     path = Path(manifest)
     info, _ = check_set(path)
@@ -94,14 +94,14 @@ def _read_set(manifest: str | Path, names: Sequence[str], max_rows: int | None =
 def load_activation_set(manifest: str | Path, max_rows: int | None = None) -> dict[str, np.ndarray]:
     """A whole (evaluation-sized) checked activation set in file order: ``activation``
     (float32 [rows, d_model]), ``doc_id``, ``position``, ``token_id``."""
-    rows = _read_set(manifest, COLUMNS, max_rows)
+    rows = read_columns(manifest, COLUMNS, max_rows)
     rows["activation"] = rows["activation"].astype(np.float32)
     return rows
 
 
 def token_counts(manifest: str | Path) -> np.ndarray:
     """Occurrences of each token id in a checked activation set (index = token id)."""
-    return np.bincount(_read_set(manifest, ["token_id"])["token_id"])
+    return np.bincount(read_columns(manifest, ["token_id"])["token_id"])
 
 
 def verify_activation_set(manifest: str | Path) -> dict[str, Any]:

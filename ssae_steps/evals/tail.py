@@ -42,7 +42,6 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from ssae_steps.activations.shards import Shard, check_set
 from ssae_steps.cli import run
 from ssae_steps.data.splits import in_test_part
 from ssae_steps.evals.config import TailConfig
@@ -69,11 +68,10 @@ def general_frequencies(general_counts: np.ndarray) -> np.ndarray:
 def validation_counts(manifest: str | Path, validation_fraction: float) -> np.ndarray:
     """Occurrences of each token id (index = token id) in the *validation* documents of a
     held-out activation set; its test documents are not counted."""
-    path = Path(manifest)
-    info, _ = check_set(path)
-    parts = [Shard(path.parent / "shards" / e["file"]).columns(["doc_id", "token_id"]) for e in info["shards"]]
-    doc_ids = np.concatenate([p["doc_id"] for p in parts])
-    token_ids = np.concatenate([p["token_id"] for p in parts]).astype(np.int64)
+    from ssae_steps.activations.sets import read_columns
+
+    rows = read_columns(manifest, ["doc_id", "token_id"])
+    doc_ids, token_ids = rows["doc_id"], rows["token_id"].astype(np.int64)
     return np.bincount(
         token_ids[~in_test_part(doc_ids, validation_fraction)], minlength=int(token_ids.max(initial=-1)) + 1
     )

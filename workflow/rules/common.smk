@@ -13,16 +13,13 @@ from snakemake.utils import available_cpu_count, validate
 sys.path.insert(0, workflow.basedir)
 from ssae_steps.activations.config import ActivationConfig  # noqa: E402
 from ssae_steps.config import ConfigError, coerce_override_scalars, schema_errors  # noqa: E402
-from ssae_steps.data.config import CorpusConfig  # noqa: E402
-from ssae_steps.data.config import FILE_KINDS, expand_paths  # noqa: E402
+from ssae_steps.data.config import FILE_KINDS, CorpusConfig, expand_paths  # noqa: E402
 from ssae_steps.debias.config import DebiasConfig  # noqa: E402
-from ssae_steps.evals.config import EvaluationConfig  # noqa: E402
-from ssae_steps.evals.config import TermStudyConfig  # noqa: E402
+from ssae_steps.evals.config import EvaluationConfig, TermStudyConfig  # noqa: E402
 from ssae_steps.files import code_fingerprint, tree_digest  # noqa: E402
 from ssae_steps.latents.config import LineageConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
-from ssae_steps.retrieval.config import EmbedderConfig  # noqa: E402
-from ssae_steps.retrieval.config import TRACIN_STRATEGIES, RetrievalConfig  # noqa: E402
+from ssae_steps.retrieval.config import TRACIN_STRATEGIES, EmbedderConfig, RetrievalConfig  # noqa: E402
 from ssae_steps.sae.config import TrainingPlan  # noqa: E402
 from ssae_steps.sae.runs import gsae_run, seed_suffix, ssae_recipe, ssae_run  # noqa: E402
 
