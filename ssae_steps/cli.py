@@ -17,7 +17,7 @@ required. Types map as follows:
 - ``tuple[T, T] | None``: exactly two values (``--part I N``), or absent;
 - a config dataclass (one with ``from_dict``): a JSON object, checked by ``from_dict``
   (errors name the config key);
-- ``dict[str, Any]``: a JSON object;
+- ``dict[str, Any]``: a JSON object; ``list[dict]``: a JSON array of objects;
 - ``Annotated[T, "help"]``: ``T`` with that help text.
 
 A parameter named ``device`` becomes ``--device {auto,cpu,cuda}`` plus ``--threads`` (torch
@@ -71,6 +71,23 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
     return data
 
 
+def _json_objects(text: str, flag: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag}: not JSON ({exc})") from None
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise ConfigError(f"{flag}: expected a JSON array of objects, got {text!r}")
+    return data
+
+
+def _is_object_list(hint: Any) -> bool:
+    args = typing.get_args(hint)
+    return (
+        typing.get_origin(hint) is list and len(args) == 1 and (args[0] is dict or typing.get_origin(args[0]) is dict)
+    )
+
+
 def _scalar(hint: Any) -> Any:
     """The argparse ``type`` of a one-value hint: ``str | Path`` and ``PathLike`` read as str."""
     if hint in (str, int, float, Path):
@@ -97,6 +114,9 @@ def _add_argument(parser: argparse.ArgumentParser, param: inspect.Parameter, hin
         kwargs["action"] = argparse.BooleanOptionalAction
         kwargs.setdefault("default", False)
         required = False
+    elif _is_object_list(hint):
+        kwargs["type"] = str
+        kwargs["metavar"] = "JSON"
     elif origin is typing.Literal:
         kwargs["choices"] = list(typing.get_args(hint))
         kwargs["type"] = type(kwargs["choices"][0])
@@ -147,6 +167,8 @@ def _call(command: Command, args: argparse.Namespace) -> None:
             kwargs[name] = hint.from_dict(_json_object(value, flag))
         elif typing.get_origin(hint) is dict:
             kwargs[name] = _json_object(value, flag)
+        elif _is_object_list(hint):
+            kwargs[name] = _json_objects(value, flag)
         elif typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
     if "device" in kwargs:

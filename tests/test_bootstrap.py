@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ssae_steps.bootstrap import (
+    family_level,
     fvu_metric,
     interval,
     paired_difference,
@@ -126,3 +127,45 @@ def test_seed_interval_covers_a_zero_difference_at_about_the_nominal_rate() -> N
         pairs = [(ratio((base + rng.normal(0, 0.3)) * tokens, tokens), ratio(base * tokens, tokens)) for _ in range(3)]
         excluded += paired_seed_difference(pairs, 30, 200, seed=rep).excludes_zero()
     assert excluded / reps < 0.1
+
+
+def _null_family(rng: np.random.Generator, m: int, rep: int, level: float) -> list[bool]:
+    """m paired comparisons whose true difference is 0 (three seeds each, training noise and
+    document noise both present): for each, whether its interval at ``level`` excludes 0."""
+    tokens = rng.integers(5, 40, 30).astype(float)
+    out = []
+    for i in range(m):
+        base = rng.normal(1.0, 0.05, 30)
+        pairs = [
+            (
+                ratio((base + rng.normal(0, 0.1) + rng.normal(0, 0.05, 30)) * tokens, tokens),
+                ratio(base * tokens, tokens),
+            )
+            for _ in range(3)
+        ]
+        out.append(paired_seed_difference(pairs, 30, 200, seed=1000 * rep + i, level=level).excludes_zero())
+    return out
+
+
+def test_family_wise_intervals_widen_with_the_family_and_keep_family_wise_coverage() -> None:
+    """Bonferroni: each of m intervals at 1 - 0.05/m. On m = 6 planted nulls, replicated, some
+    interval excludes 0 in at most ~5% of replications (plus sampling tolerance); the
+    unadjusted 95% intervals do so far more often, so the test fails without the adjustment."""
+    assert family_level(1) == pytest.approx(0.95) and family_level(8) == pytest.approx(1 - 0.05 / 8)
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(5, 40, 30).astype(float)
+    base = rng.normal(1.0, 0.05, 30)
+    pairs = [(ratio((base + rng.normal(0, 0.1)) * tokens, tokens), ratio(base * tokens, tokens)) for _ in range(3)]
+    widths = [
+        (lambda ci: ci.high - ci.low)(paired_seed_difference(pairs, 30, 400, seed=0, level=family_level(m)))
+        for m in (1, 2, 4, 8)
+    ]
+    assert widths == sorted(widths) and widths[-1] > 1.2 * widths[0]
+
+    reps, m = 400, 6
+    adjusted = [any(_null_family(np.random.default_rng(r), m, r, family_level(m))) for r in range(reps)]
+    unadjusted = [any(_null_family(np.random.default_rng(r), m, r, 0.95)) for r in range(reps)]
+    # Binomial standard error at 5% over 400 replications is 1.1 points. (With
+    # Welch-Satterthwaite degrees of freedom the adjusted rate was about 15%.)
+    assert np.mean(adjusted) <= 0.05 + 0.03
+    assert np.mean(unadjusted) > 0.15

@@ -71,6 +71,7 @@ from ssae_steps.debias.probes import (
     train_probe,
 )
 from ssae_steps.debias.report import paired_comparisons, plot_results, sparse_table, summary_markdown, table_1
+from ssae_steps.evals.compare import Family
 from ssae_steps.files import atomic_path, write_text
 
 log = logging.getLogger("ssae.debias")
@@ -181,11 +182,13 @@ def run_variants(
     inputs: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
     cfg: DebiasConfig,
     seed: int,
+    family: Family | None = None,
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]], list[dict], list[dict], list[dict]]:
     """The case study of each variant - ``copies`` (copies in every training set; only with
     copies in the table) and ``real`` - on its SAE runs (:func:`variant_saes`): Table-1 rows
     and paired comparisons per variant, every point, and the k-sparse probing of the first
-    variant (rows, table)."""
+    variant (rows, table). ``family``: the run's primary comparisons (the debias ones are of
+    the first variant)."""
     has_copies = "counterfactual" in docs and bool(docs["counterfactual"].any())
     variants = ["copies", "real"] if has_copies else ["real"]
     tables, comparisons, points, sparse_rows, sparse = {}, {}, [], [], []
@@ -198,7 +201,8 @@ def run_variants(
         outcomes = run_case_study(data, runs, cfg, seed)
         points += [o.point(data) | {"variant": variant} for o in outcomes]
         tables[variant] = table_1(outcomes, data, cfg, seed)
-        comparisons[variant] = paired_comparisons(outcomes, data, cfg, seed)
+        # Declared comparisons are of the main (first) variant; the other's rows are exploratory.
+        comparisons[variant] = paired_comparisons(outcomes, data, cfg, seed, family if variant == variants[0] else None)
         if variant == variants[0]:
             sparse_rows = sparse_probing(data, runs, cfg)
             sparse = sparse_table(sparse_rows, data, cfg, seed)
@@ -216,6 +220,7 @@ def debias(
     out_dir: str | Path,
     device: str = "cpu",
     training_text: dict[str, str | Path] | None = None,
+    family: Family | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """The stage: pool every document once, run the case study with and without the
     counterfactual copies, and write the tables, plot and summary into ``out_dir``.
@@ -241,7 +246,7 @@ def debias(
         key: (latents[f"{key[0]}:{key[1]}"], (sae.W_dec / sae.input_scale).detach().numpy())
         for key, sae in saes.items()
     }
-    tables, comparisons, points, sparse_rows, sparse = run_variants(docs, x, x_deleted, inputs, cfg, seed)
+    tables, comparisons, points, sparse_rows, sparse = run_variants(docs, x, x_deleted, inputs, cfg, seed, family)
     variants = list(tables)
     main = variants[0]
     frames = {
@@ -317,11 +322,12 @@ def debias_command(
     seed: int = 0,
     device: str = "auto",
     training_text: Annotated[list[str] | None, "NAME=JSON: the summary of an SAE's finetuning text"] = None,
+    primary: Annotated[list[dict] | None, "JSON array: the run's primary comparisons (resolve_primary)"] = None,
 ) -> None:
     """Run the debiasing case study: ablate gender latents of each SAE from a profession probe."""
     debias(
         params, table, parse_sae_args(saes), model_dir, hook_layer, context_length, seed, out_dir, device,
-        parse_training_text(training_text or []),
+        parse_training_text(training_text or []), Family(tuple(primary or ())),
     )  # fmt: skip
 
 

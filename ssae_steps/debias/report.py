@@ -14,6 +14,7 @@ from ssae_steps.bootstrap import Interval, paired_seed_difference, seed_interval
 from ssae_steps.cli import save_figure
 from ssae_steps.debias.config import DebiasConfig
 from ssae_steps.debias.probes import CaseData, Outcome, accuracy_metric, worst_group_metric
+from ssae_steps.evals.compare import Family, judged
 
 # The SSAE paper's Table 1 (Pythia-70M, Bias in Bios professor vs nurse): profession, gender,
 # worst-group accuracy in %, for reference beside ours (a different model and data).
@@ -113,13 +114,22 @@ def compared_pairs(names: list[str]) -> list[tuple[str, str]]:
     return [(biography, b) for b in sorted(others, key=lambda n: n != "gsae")]
 
 
-def paired_comparisons(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: int) -> list[dict]:
+PRIMARY_METRIC = {"SHIFT": "shift_worst_group", "SHIFT + retrain": "shift_retrain_worst_group"}
+"""The ``evaluation.primary`` metric name of each method's worst-group accuracy."""
+
+
+def paired_comparisons(
+    outcomes: list[Outcome], data: CaseData, cfg: DebiasConfig, seed: int, family: Family | None = None
+) -> list[dict]:
     """Worst-group accuracy of SAE a minus SAE b (:func:`compared_pairs`) for SHIFT and
     SHIFT + retrain, each at its validation-chosen N, paired over test documents and
-    training seeds (seed s with seed s)."""
+    training seeds (seed s with seed s). ``family``: the primary comparisons that apply to
+    this variant (``ssae_steps.evals.compare.judged``); every other row is exploratory."""
+    family = family or Family()
     lt, gt = data.label[data.test], data.gender[data.test]
     chosen = choose_n(outcomes, data)
     names = list(dict.fromkeys(o.sae for o in outcomes if o.sae != "-"))
+    n_docs = int(data.test.sum())
     rows = []
     for a, b in compared_pairs(names):
         for method in ("SHIFT", "SHIFT + retrain"):
@@ -133,14 +143,30 @@ def paired_comparisons(outcomes: list[Outcome], data: CaseData, cfg: DebiasConfi
                 (worst_group_metric(runs[a][s].test, lt, gt), worst_group_metric(runs[b][s].test, lt, gt))
                 for s in seeds
             ]
-            value = paired_seed_difference(pairs, int(data.test.sum()), cfg.bootstrap_samples, seed)
-            rows.append(
-                {"method": method, "sae": a, "reference": b, "seeds": len(seeds), "difference": value.estimate,
-                 "ci_low": value.low, "ci_high": value.high,
-                 "finding": bool(not np.isnan(value.low) and (value.low > 0 or value.high < 0)),
-                 "sae_training": sae_training(a), "reference_training": sae_training(b)}
-            )  # fmt: skip
+            value = paired_seed_difference(pairs, n_docs, cfg.bootstrap_samples, seed)
+            primary = family.entry(a, b, "main variant", PRIMARY_METRIC[method])
+            wide = paired_seed_difference(pairs, n_docs, cfg.bootstrap_samples, seed, family.level) if primary else None
+            row = {"method": method, "sae": a, "reference": b, "seeds": len(seeds), "difference": value.estimate,
+                   "ci_low": value.low, "ci_high": value.high,
+                   "sae_training": sae_training(a), "reference_training": sae_training(b)}  # fmt: skip
+            rows.append(judged(row, family, len(seeds), wide))
     return rows
+
+
+def comparison_line(r: dict[str, Any]) -> str:
+    """One debias comparison in words (points): primary with its family-wise interval and
+    verdict, or exploratory with its unadjusted interval."""
+    head = f"{r['method']}: {r['sae']} - {r['reference']} {100 * r['difference']:+.1f}"
+    ci = f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+    seeds = f"{r['seeds']} seeds" + ("" if r["training_variance"] else ", training variance not included")
+    if r["role"] != "primary":
+        return f"{head} {ci} ({seeds}; unadjusted, exploratory)"
+    wide = f"[{100 * r['family_ci_low']:+.1f}, {100 * r['family_ci_high']:+.1f}]"
+    verdict = "a finding" if r["finding"] else "no clear difference"
+    return (
+        f"**primary**: {head}, family-wise {wide} (Bonferroni, m = {r['family_size']}; unadjusted {ci}) "
+        f"({seeds}): {verdict}"
+    )
 
 
 def sparse_table(rows: list[dict[str, Any]], data: CaseData, cfg: DebiasConfig, seed: int) -> list[dict[str, Any]]:
@@ -299,15 +325,12 @@ def summary_markdown(
     for variant, rows in comparisons.items():
         lines += [
             "",
-            f"Paired comparisons ({variant}; worst-group accuracy, points, test documents and seeds paired):",
+            f"Paired comparisons ({variant}; worst-group accuracy, points, test documents and seeds paired; the",
+            "declared comparison of `evaluation.primary` first, the rest exploratory and never called findings):",
             "",
         ]
-        for r in rows:
-            verdict = "" if r["finding"] else ": no clear difference"
-            lines.append(
-                f"- {r['method']}: {r['sae']} - {r['reference']} {100 * r['difference']:+.1f} "
-                f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] ({r['seeds']} seeds){verdict}"
-            )
+        for r in sorted(rows, key=lambda r: r["role"] != "primary"):
+            lines.append(f"- {comparison_line(r)}")
     lines += [
         "",
         "Paper: Pythia-70M on Bias in Bios (professor vs nurse, ~thousands of biographies); a different",

@@ -1,10 +1,9 @@
 """The numbers behind the evaluation overview and the TERM study: one row per (SAE, set)
-with 95% intervals, and paired comparisons of two SAEs on the same documents, stated as
-findings only when their interval excludes zero. Intervals are those of
-``ssae_steps.bootstrap``: with one training seed, a percentile bootstrap over test
+with 95% intervals, and paired comparisons of two SAEs on the same documents. Intervals are
+those of ``ssae_steps.bootstrap``: with one training seed, a percentile bootstrap over test
 documents; with several, mean ± t·sqrt(s²/n + v) - the seeds' spread ``s²`` (not
-resampled) plus the document bootstrap's variance ``v`` of the seed mean, t with
-Welch-Satterthwaite degrees of freedom.
+resampled) plus the document bootstrap's variance ``v`` of the seed mean, t with n - 1
+degrees of freedom.
 
 Runs that differ only in their training seed (``gsae/k32``, ``gsae/k32-s1``, ...) form one
 row: the mean over seeds, that interval and ``n_seeds``. A comparison pairs seed s of one
@@ -14,6 +13,17 @@ same resampled documents on both sides.
 The ``random`` strategy's SSAE - the GSAE finetuned for the same steps and tokens on
 general pool text with no seed documents - is the matched-compute control, labelled
 ``control`` (run names are parsed by ``ssae_steps.sae.runs``).
+
+Primary and exploratory: the comparisons stated in advance (``evaluation.primary``, resolved
+by ``ssae_steps.evals.config.resolve_primary``) get a family-wise interval besides the 95%
+one - Bonferroni, each at ``1 - 0.05/m`` for the ``m`` primary comparisons of the whole run
+(evaluation, TERM study and debias together), so all of them cover at once with probability
+at least 95%. Only a primary comparison of at least two paired training seeds can be a
+*finding*, and only when its family-wise interval excludes zero. Every other row is
+exploratory: its unadjusted interval is shown and it is never called a finding; with a
+single-seed side it says "training variance not included". (An imported GSAE is one fixed
+SAE: paired with every seed of an SSAE, the comparison carries the SSAE's training variance,
+and there is none on the GSAE's side to carry.)
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from ssae_steps.bootstrap import LEVEL, MIN_DOCS, paired_seed_difference, seed_interval
+from ssae_steps.bootstrap import LEVEL, MIN_DOCS, Interval, family_level, paired_seed_difference, seed_interval
+from ssae_steps.evals.capture import TypeCounts, captured_share, paired_share_difference
 from ssae_steps.evals.per_doc import doc_metrics, per_doc_path, read_per_doc
+from ssae_steps.evals.tail import is_rare
 from ssae_steps.sae.runs import parse_run, seed_groups, suffix_of
 
 log = logging.getLogger("ssae.compare")
@@ -37,7 +49,9 @@ NON_NEGATIVE = {"fvu", "kl", "spliced_loss", "l0"}
 """Metrics that cannot fall below zero: a few seeds that disagree give a t interval reaching
 below it, which is clipped (delta CE can be negative and is not)."""
 COMPARED = {"fvu": ("FVU", ""), "delta_ce": ("ΔCE", " nats"), "kl": ("KL", " nats")}
-"""Metrics of a paired comparison: ``metric -> (name in sentences, unit)``."""
+"""Metrics of a paired comparison over test documents: ``metric -> (name in sentences, unit)``."""
+METRIC_NAMES = {**COMPARED, "rare_capture": ("rare-type capture", "")}
+"""Every metric a comparison row may hold (``rare_capture``: :func:`capture_comparisons`)."""
 PCT = round(100 * LEVEL)
 
 
@@ -45,6 +59,46 @@ PCT = round(100 * LEVEL)
 class Bootstrap:
     samples: int = 1000
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Family:
+    """The run's primary comparisons (``resolve_primary`` entries) and their number ``m``."""
+
+    primary: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.primary)
+
+    @property
+    def level(self) -> float:
+        return family_level(self.size)
+
+    def entry(self, run: str, reference_run: str, set_name: str, metric: str) -> dict[str, Any] | None:
+        for p in self.primary:
+            if (p["run"], p["reference_run"], p["set"], p["metric"]) == (run, reference_run, set_name, metric):
+                return p
+        return None
+
+
+def judged(row: dict[str, Any], family: Family, seed_pairs: int, family_interval: Interval | None) -> dict[str, Any]:
+    """``row`` with its role: ``primary`` (with ``family_ci_low/high`` at the family's level)
+    or ``exploratory``; ``training_variance`` whether two or more seed pairs were compared
+    (so both sides' training randomness is in the interval; an imported GSAE, one fixed SAE
+    paired with every seed, has none to include); ``finding`` only for a primary row with
+    training variance whose family-wise interval excludes zero."""
+    training_variance = seed_pairs >= 2
+    primary = family_interval is not None
+    return {
+        **row,
+        "role": "primary" if primary else "exploratory",
+        "family_size": family.size,
+        "family_ci_low": family_interval.low if primary else math.nan,
+        "family_ci_high": family_interval.high if primary else math.nan,
+        "training_variance": training_variance,
+        "finding": bool(primary and training_variance and family_interval.excludes_zero()),
+    }
 
 
 def _labels(parts: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -204,14 +258,16 @@ def comparisons(
     pairs: list[tuple[str, str, str]],
     boot: Bootstrap,
     groups: dict[str, list[str]] | None = None,
+    family: Family | None = None,
 ) -> Any:
     """One row per (pair, set, metric): both values (means over the paired seeds) and the
     interval of their difference (``ssae_steps.bootstrap.paired_seed_difference``: the
     per-seed-pair differences on jointly resampled documents, plus their seed spread where
-    several seeds are paired)."""
+    several seeds are paired), judged primary or exploratory (:func:`judged`)."""
     import pandas as pd
 
     groups = groups if groups is not None else seed_groups(list(loaded))
+    family = family or Family()
     rows = []
     for run, ref_label, ref in pairs:
         matched = seed_pairs(groups[run], groups[ref])
@@ -224,26 +280,83 @@ def comparisons(
             fns = [(doc_metrics(loaded[a][1][set_name]), doc_metrics(loaded[b][1][set_name])) for a, b in matched]
             ones = np.ones((1, n_docs))
             for metric in COMPARED:
-                diff = paired_seed_difference([(a[metric], b[metric]) for a, b in fns], n_docs, boot.samples, boot.seed)
-                value = float(np.mean([a[metric](ones)[0] for a, _ in fns]))
-                ref_value = float(np.mean([b[metric](ones)[0] for _, b in fns]))
-                rows.append(
-                    {
-                        "run": run,
-                        "reference": ref_label,
-                        "reference_run": ref,
-                        "set": set_name,
-                        "metric": metric,
-                        "value": value,
-                        "reference_value": ref_value,
-                        "difference": diff.estimate,
-                        "ci_low": diff.low,
-                        "ci_high": diff.high,
-                        "n_docs": n_docs,
-                        "n_seeds": len(matched),
-                        "finding": diff.excludes_zero(),
-                    }
+                pair_fns = [(a[metric], b[metric]) for a, b in fns]
+                diff = paired_seed_difference(pair_fns, n_docs, boot.samples, boot.seed)
+                primary = family.entry(run, ref, set_name, metric)
+                wide = (
+                    paired_seed_difference(pair_fns, n_docs, boot.samples, boot.seed, family.level) if primary else None
                 )
+                row = {
+                    "run": run,
+                    "reference": ref_label,
+                    "reference_run": ref,
+                    "set": set_name,
+                    "metric": metric,
+                    "value": float(np.mean([a[metric](ones)[0] for a, _ in fns])),
+                    "reference_value": float(np.mean([b[metric](ones)[0] for _, b in fns])),
+                    "difference": diff.estimate,
+                    "ci_low": diff.low,
+                    "ci_high": diff.high,
+                    "n_docs": n_docs,
+                    "n_seeds": len(matched),
+                }
+                rows.append(judged(row, family, len(matched), wide))
+    return pd.DataFrame(rows)
+
+
+def type_counts(result: dict[str, Any]) -> TypeCounts | None:
+    """The per-document type counts of a loaded evaluation JSON (None for an older one),
+    built once and kept in ``result`` under ``_type_counts``."""
+    types = result.get("types")
+    if not types or "test_counts" not in types:
+        return None
+    if "_type_counts" not in result:
+        result["_type_counts"] = TypeCounts.from_result(types)
+    return result["_type_counts"]
+
+
+def capture_comparisons(
+    loaded: dict[str, tuple[dict, dict]],
+    pairs: list[tuple[str, str, str]],
+    rare_frequency: float,
+    boot: Bootstrap,
+    groups: dict[str, list[str]] | None = None,
+    family: Family | None = None,
+) -> Any:
+    """Rows like :func:`comparisons` for ``rare_capture``: the captured share of the rare
+    evaluated types (general-pool frequency at most ``rare_frequency``), documents and types
+    resampled together (``ssae_steps.evals.capture``), seed s paired with seed s. ``n_docs``
+    counts test documents of both held-out sets, ``n_types`` the rare types."""
+    import pandas as pd
+
+    groups = groups if groups is not None else seed_groups(list(loaded))
+    family = family or Family()
+    rows = []
+    for run, ref_label, ref in pairs:
+        matched = seed_pairs(groups[run], groups[ref])
+        counts = [(type_counts(loaded[a][0]), type_counts(loaded[b][0])) for a, b in matched]
+        if not matched or any(a is None or b is None for a, b in counts):
+            continue
+        rare = is_rare(counts[0][0].frequency, rare_frequency)
+        diff = paired_share_difference(counts, rare, boot.samples, boot.seed)  # type: ignore[arg-type]
+        primary = family.entry(run, ref, "subdomain", "rare_capture")
+        wide = paired_share_difference(counts, rare, boot.samples, boot.seed, family.level) if primary else None  # type: ignore[arg-type]
+        row = {
+            "run": run,
+            "reference": ref_label,
+            "reference_run": ref,
+            "set": "subdomain",
+            "metric": "rare_capture",
+            "value": float(np.mean([captured_share(a, rare) for a, _ in counts])),  # type: ignore[arg-type]
+            "reference_value": float(np.mean([captured_share(b, rare) for _, b in counts])),  # type: ignore[arg-type]
+            "difference": diff.estimate,
+            "ci_low": diff.low,
+            "ci_high": diff.high,
+            "n_docs": len(counts[0][0].docs),  # type: ignore[union-attr]
+            "n_seeds": len(matched),
+            "n_types": int(rare.sum()),
+        }
+        rows.append(judged(row, family, len(matched), wide))
     return pd.DataFrame(rows)
 
 
@@ -261,28 +374,39 @@ def seeds_text(n: int) -> str:
 
 
 def comparison_clause(row: Any) -> str:
-    """One metric of one :func:`comparisons` row in words: a finding (lower or higher, by
-    how much) when the interval excludes zero, else "no clear difference"; the interval
-    either way."""
-    name, unit = COMPARED[row["metric"]]
-    ci = f"{PCT}% CI of the difference {row['ci_low']:+.4f} to {row['ci_high']:+.4f}"
+    """One metric of one comparison row in words. Primary: a finding (lower or higher, by
+    how much) when its family-wise interval excludes zero, else "no clear difference", with
+    both intervals. Exploratory: the difference and its unadjusted interval, never a
+    finding. Either way "training variance not included" where a side has one seed."""
+    name, unit = METRIC_NAMES[row["metric"]]
     values = f"{row['value']:.4f} vs {row['reference_value']:.4f}{unit}"
+    seeds = "" if row.get("training_variance", True) else "; training variance not included (one seed)"
     if math.isnan(row["ci_low"]):
-        return f"{name} {values}: no interval ({row['n_docs']} test documents, fewer than {MIN_DOCS})"
+        return f"{name} {values}: no interval ({row['n_docs']} test documents, fewer than {MIN_DOCS}){seeds}"
+    ci = f"{PCT}% CI {row['ci_low']:+.4f} to {row['ci_high']:+.4f}"
+    if row.get("role") != "primary":
+        return f"{name} {values}, difference {row['difference']:+.4f} ({ci}, unadjusted; exploratory{seeds})"
+    wide = (
+        f"family-wise {PCT}% CI {row['family_ci_low']:+.4f} to {row['family_ci_high']:+.4f} "
+        f"(Bonferroni, m = {int(row['family_size'])}); unadjusted {ci}"
+    )
+    if not row["training_variance"]:
+        return f"{name} {values}, difference {row['difference']:+.4f} ({wide}){seeds}, so exploratory"
     if row["finding"]:
         direction = "lower" if row["difference"] < 0 else "higher"
-        return f"{name} {values}, {direction} by {abs(row['difference']):.4f} ({ci})"
-    return f"{name} {values}: no clear difference ({row['difference']:+.4f}, {ci})"
+        return f"{name} {values}, {direction} by {abs(row['difference']):.4f} ({wide})"
+    return f"{name} {values}: no clear difference ({row['difference']:+.4f}, {wide})"
 
 
 def comparison_sentences(table: Any, compared: Any) -> list[str]:
-    """One sentence per (run, reference, set), each metric a finding or "no clear difference"."""
+    """One sentence per (run, reference, set), each metric's clause (:func:`comparison_clause`)."""
     labels = dict(zip(table["run"], table["label"], strict=False))
     lines = []
     for (run, ref, set_name), part in compared.groupby(["run", "reference", "set"], sort=False):
         clauses = "; ".join(comparison_clause(row) for _, row in part.iterrows())
         n, seeds = int(part["n_docs"].iloc[0]), int(part["n_seeds"].iloc[0])
         lines.append(
-            f"`{run}` ({labels[run]}) vs {ref}, {set_name} test text ({n} documents, {seeds_text(seeds)}): {clauses}."
+            f"`{run}` ({labels.get(run, run)}) vs {ref}, {set_name} test text ({n} documents, "
+            f"{seeds_text(seeds)}): {clauses}."
         )
     return lines

@@ -321,7 +321,8 @@ def evaluate_sae(
         per_set[name] = stats
         for part, mask in (("validation", ~test), ("test", test)):
             in_part = recon.subset(mask)
-            activity[part].append((held.rows["token_id"][mask], in_part.active_rows, in_part.active_latents))
+            doc_keys = np.char.add(f"{name}/", held.rows["doc_id"][mask].astype(str))
+            activity[part].append((held.rows["token_id"][mask], in_part.active_rows, in_part.active_latents, doc_keys))
         log.info(
             "%s (test): L0 %.1f, FVU %.4f, delta CE %.4f, KL %.4f nats/token",
             name,

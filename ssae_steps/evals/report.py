@@ -4,11 +4,17 @@ where an SAE has several; ``ssae_steps.evals.compare``), paired comparisons (eac
 GSAE and vs the matched-compute control), Pareto plots, a comparison plot and a Markdown
 summary whose findings are computed from the tables (whichever way they come out).
 
-The tables and comparisons come from ``ssae_steps.evals.compare``: a difference is stated
-as a finding only when its paired interval excludes zero; otherwise the summary says "no
-clear difference", with the interval either way. Runs that differ only in their training
-seed form one row of ``metrics.csv`` (mean over seeds, ``n_seeds``);
+The tables and comparisons come from ``ssae_steps.evals.compare``: the comparisons stated in
+advance (``evaluation.primary``) get family-wise intervals and are the only ones that can be
+findings; every other comparison is listed as exploratory. Runs that differ only in their
+training seed form one row of ``metrics.csv`` (mean over seeds, ``n_seeds``);
 ``metrics_by_seed.csv`` keeps every run's own row.
+
+Captured token types (the paper's Figs. 2 and 6, ``ssae_steps.evals.capture``): per SAE at
+the main k, the share captured per general-pool frequency decade and cumulatively, with
+documents and types resampled together; the paired differences of each SSAE against the
+GSAE and the control per bin (``capture_differences.csv``); and the normalised cumulative
+curve of Fig. 6.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from ssae_steps.bootstrap import ratio, seed_interval
 from ssae_steps.cli import run, save_figure
+from ssae_steps.evals.capture import TypeCounts, normalised_cumulative, paired_share_difference, share_interval
 from ssae_steps.evals.compare import (
     INTERVAL_METRICS,
     PCT,
     Bootstrap,
+    Family,
+    capture_comparisons,
+    comparison_clause,
     comparison_pairs,
     comparison_sentences,
     comparisons,
@@ -35,6 +44,7 @@ from ssae_steps.evals.compare import (
     load_runs,
     metrics_table,
     seeds_text,
+    type_counts,
 )
 from ssae_steps.evals.tail import is_rare
 from ssae_steps.files import atomic_path, write_text
@@ -158,13 +168,36 @@ def in_frequency_bin(frequencies: np.ndarray, low: float, high: float, cumulativ
     return rare if cumulative else (frequencies > low) & rare
 
 
+def _seed_counts(loaded: dict[str, tuple[dict, dict]], names: list[str]) -> list[TypeCounts] | None:
+    counts = [type_counts(loaded[name][0]) for name in names]
+    return None if any(c is None for c in counts) else counts  # type: ignore[return-value]
+
+
+def _bins(frequencies: np.ndarray, rare_frequency: float | None) -> list[tuple[bool, float, float, np.ndarray]]:
+    """``(cumulative, low, high, types in it)`` for every bin, per decade then cumulative;
+    cumulatively also up to ``rare_frequency`` (the rare types) where that is no decade edge."""
+    bins = frequency_bins(frequencies)
+    edges = [high for _, high in bins]
+    if rare_frequency is not None and not np.isclose(edges, rare_frequency).any():
+        edges = sorted([*edges, rare_frequency])
+    return [(False, low, high, in_frequency_bin(frequencies, low, high, False)) for low, high in bins] + [
+        (True, 0.0, high, in_frequency_bin(frequencies, 0.0, high, True)) for high in edges
+    ]
+
+
 def recall_by_frequency(
-    loaded: dict[str, tuple[dict, dict]], table: Any, main_k: int, boot: Bootstrap, groups: dict[str, list[str]]
+    loaded: dict[str, tuple[dict, dict]],
+    table: Any,
+    main_k: int,
+    boot: Bootstrap,
+    groups: dict[str, list[str]],
+    rare_frequency: float | None = None,
 ) -> Any:
     """Per SAE at the main k and per general-pool frequency bin (and cumulatively, every type
     up to and including the bin's upper edge): the share of subdomain token types captured,
-    averaged over seeds, with a bootstrap interval over token types (plus the seed spread
-    where there are several seeds). The types are those chosen on validation counts that
+    averaged over seeds, with an interval that resamples test documents and token types
+    together (plus the seed spread where there are several seeds;
+    ``ssae_steps.evals.capture``). The types are those chosen on validation counts that
     occur in the test part (``n_types``); the ones that do not (``n_not_on_test``, the same
     for every SAE) are left out of every share."""
     import pandas as pd
@@ -172,77 +205,145 @@ def recall_by_frequency(
     runs = table[table["k"] == main_k].drop_duplicates("run")
     rows = []
     for _, r in runs.iterrows():
-        results = [loaded[name][0].get("types") for name in groups[r["run"]]]
-        if any(t is None for t in results):
+        seeds = _seed_counts(loaded, groups[r["run"]])
+        if seeds is None:
             continue
-        ids = results[0]["token_id"]
-        if any(t["token_id"] != ids for t in results):
-            raise ValueError(f"{r['run']}: seeds were scored on different token types")
-        frequencies = np.asarray(results[0]["general_frequency"], dtype=np.float64)
-        captured = [np.asarray(t["captured"], dtype=np.float64) for t in results]
-        for cumulative in (False, True):
-            for low, high in frequency_bins(frequencies):
-                mask = in_frequency_bin(frequencies, low, high, cumulative)
-                ones = np.ones(int(mask.sum()))
-                ci = seed_interval([ratio(c[mask], ones) for c in captured], len(ones), boot.samples, boot.seed)
-                rows.append(
-                    {
-                        "run": r["run"],
-                        "label": r["label"],
-                        "family": r["family"],
-                        "n_seeds": len(results),
-                        "cumulative": cumulative,
-                        "frequency_low": 0.0 if cumulative else low,
-                        "frequency_high": high,
-                        "n_types": len(ones),
-                        "n_not_on_test": len(results[0].get("not_on_test", [])),
-                        "captured_share": ci.estimate,
-                        # A share lies in [0, 1]; the seed interval's normal form need not.
-                        "ci_low": max(ci.low, 0.0),
-                        "ci_high": min(ci.high, 1.0),
-                    }
-                )
+        first = loaded[groups[r["run"]][0]][0]["types"]
+        for cumulative, low, high, mask in _bins(seeds[0].frequency, rare_frequency):
+            ci = share_interval(seeds, mask, boot.samples, boot.seed)
+            rows.append(
+                {
+                    "run": r["run"],
+                    "label": r["label"],
+                    "family": r["family"],
+                    "n_seeds": len(seeds),
+                    "cumulative": cumulative,
+                    "frequency_low": 0.0 if cumulative else low,
+                    "frequency_high": high,
+                    "n_types": int(mask.sum()),
+                    "n_not_on_test": len(first.get("not_on_test", [])),
+                    "n_docs": len(seeds[0].docs),
+                    "captured_share": ci.estimate,
+                    # A share lies in [0, 1]; the seed interval's normal form need not.
+                    "ci_low": max(ci.low, 0.0),
+                    "ci_high": min(ci.high, 1.0),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def _recall_plot(curves: Any, out: Path) -> None:
+def capture_differences(
+    loaded: dict[str, tuple[dict, dict]], pairs: list[tuple[str, str, str]], boot: Bootstrap, groups: dict
+) -> Any:
+    """Per SSAE vs GSAE or control pair and per frequency bin: the paired difference of
+    captured shares, documents and types resampled together for both sides (exploratory:
+    unadjusted intervals; the declared rare-type comparison is in ``comparisons.csv``)."""
+    import pandas as pd
+
+    from ssae_steps.evals.compare import seed_pairs
+
+    rows = []
+    for name, ref_label, ref in pairs:
+        if ref_label not in ("GSAE", "control"):
+            continue
+        matched = seed_pairs(groups[name], groups[ref])
+        counts = [(type_counts(loaded[a][0]), type_counts(loaded[b][0])) for a, b in matched]
+        if not matched or any(a is None or b is None for a, b in counts):
+            continue
+        for cumulative, low, high, mask in _bins(counts[0][0].frequency, None):  # type: ignore[union-attr]
+            diff = paired_share_difference(counts, mask, boot.samples, boot.seed)  # type: ignore[arg-type]
+            rows.append(
+                {
+                    "run": name,
+                    "reference": ref_label,
+                    "reference_run": ref,
+                    "n_seeds": len(matched),
+                    "cumulative": cumulative,
+                    "frequency_low": 0.0 if cumulative else low,
+                    "frequency_high": high,
+                    "n_types": int(mask.sum()),
+                    "difference": diff.estimate,
+                    "ci_low": diff.low,
+                    "ci_high": diff.high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def fig6_curves(
+    loaded: dict[str, tuple[dict, dict]], table: Any, main_k: int, groups: dict[str, list[str]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Label -> the paper's Fig. 6 curve (``capture.normalised_cumulative``) per SAE at the main k."""
+    out = {}
+    for _, r in table[table["k"] == main_k].drop_duplicates("run").iterrows():
+        seeds = _seed_counts(loaded, groups[r["run"]])
+        if seeds is not None:
+            out[r["label"]] = normalised_cumulative(seeds)
+    return out
+
+
+def _x_positions(line: Any, cumulative: bool) -> np.ndarray:
+    seen = line["frequency_high"] > 0
+    x = np.where(
+        seen, line["frequency_high"] if cumulative else np.sqrt(line["frequency_low"] * line["frequency_high"]), 0
+    )
+    # Types never seen in the pool are drawn one decade left of the rarest bin.
+    if (~seen).any() and seen.any():
+        x[~seen.to_numpy()] = x[seen.to_numpy()].min() / 10
+    return x
+
+
+def _recall_plot(curves: Any, differences: Any, fig6: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, cumulative in zip(axes, (False, True), strict=True):
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    for ax, cumulative in zip(axes[0], (False, True), strict=True):
         if curves.empty:
             ax.text(0.5, 0.5, "no token types evaluated", ha="center", va="center", transform=ax.transAxes)
             continue
         part = curves[curves["cumulative"] == cumulative]
         for (label, family), line in part.groupby(["label", "family"], sort=False):
             line = line.sort_values("frequency_high")
-            seen = line["frequency_high"] > 0
-            x = np.where(
-                seen,
-                line["frequency_high"] if cumulative else np.sqrt(line["frequency_low"] * line["frequency_high"]),
-                0,
-            )
-            # Types never seen in the pool are drawn one decade left of the rarest bin.
-            if (~seen).any() and seen.any():
-                x[~seen.to_numpy()] = x[seen.to_numpy()].min() / 10
             y = line["captured_share"].to_numpy()
             err = np.abs(np.vstack([y - line["ci_low"], line["ci_high"] - y]))
             style = {"GSAE": "s-", "control": "^--"}.get(family, "o-")
-            ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt=style, label=label, capsize=2, markersize=4)
+            ax.errorbar(_x_positions(line, cumulative), y, yerr=np.nan_to_num(err), fmt=style, label=label, capsize=2)
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("general-pool frequency of the token type" + (", at most" if cumulative else ", decade"))
         ax.set_ylabel("share of subdomain token types captured (test)")
-        unseen_note = "per decade (types unseen in the pool, if any: a decade left of the rest)"
-        ax.set_title("cumulative" if cumulative else unseen_note, fontsize=10)
+        ax.set_title("cumulative (Fig. 2, cumulative)" if cumulative else "per decade (Fig. 2)", fontsize=10)
         ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    for label, (x, y) in fig6.items():
+        ax.plot(100 * x, y, label=label, drawstyle="steps-post")
+    ax.plot([0, 100], [0, 1], color="lightgrey", lw=1, ls=":", label="captured tokens spread evenly")
+    ax.set_xlabel("cumulative % of subdomain test tokens, rarest types first")
+    ax.set_ylabel("cumulative share of tokens with a captured type (normalised)")
+    ax.set_title("Fig. 6 form: normalised per SAE to end at 1", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    if not differences.empty:
+        part = differences[~differences["cumulative"]]
+        for (run, reference), line in part.groupby(["run", "reference"], sort=False):
+            line = line.sort_values("frequency_high")
+            y = line["difference"].to_numpy()
+            err = np.nan_to_num(np.abs(np.vstack([y - line["ci_low"], line["ci_high"] - y])))
+            ax.errorbar(_x_positions(line, False), y, yerr=err, fmt="o-", capsize=2, label=f"{run} - {reference}")
+        ax.axhline(0, color="grey", lw=1)
+        ax.set_xscale("log")
+    ax.set_xlabel("general-pool frequency of the token type, decade")
+    ax.set_ylabel("paired difference of captured share")
+    ax.set_title(f"SSAE - reference, per decade ({PCT}% intervals, unadjusted)", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out)
 
 
-def recall_sentences(curves: Any) -> list[str]:
-    """Captured share of all evaluable types, and of the rarest cumulative bin holding at
-    least 20 types, per SAE (values with intervals; no paired comparison is made here)."""
+def recall_sentences(curves: Any, rare_frequency: float) -> list[str]:
+    """Captured share of all evaluable types, and of the rare ones (general-pool frequency
+    at most ``rare_frequency``), per SAE (values with intervals; comparisons are elsewhere)."""
     if curves.empty:
         return []
     cum = curves[curves["cumulative"]]
@@ -252,18 +353,16 @@ def recall_sentences(curves: Any) -> list[str]:
     lines.append(
         f"Subdomain token types captured on test ({int(every['n_types'].iloc[0])} types, chosen on validation "
         f"counts, with a latent chosen on validation, F1 >= threshold; {left_out} chosen types with no test "
-        "occurrence are left out; `recall_by_frequency.png`): "
+        f"occurrence are left out; {int(every['n_docs'].iloc[0])} test documents; intervals resample documents "
+        "and types together; `recall_by_frequency.png`): "
         + ", ".join(f"{r['label']} {_share(r)}" for _, r in every.iterrows())
         + "."
     )
-    rare = cum[cum["n_types"] >= 20].sort_values("frequency_high").groupby("run", sort=False).head(1)
-    if not rare.empty and (rare["frequency_high"] < every["frequency_high"].max()).all():
-        high = rare["frequency_high"].max()
-        part = cum[cum["frequency_high"] == high]
+    rare = cum[np.isclose(cum["frequency_high"], rare_frequency)]
+    if not rare.empty:
         lines.append(
-            f"Of those, the {int(part['n_types'].iloc[0])} types with general-pool frequency at most {high:.0e}: "
-            + ", ".join(f"{r['label']} {_share(r)}" for _, r in part.iterrows())
-            + "."
+            f"Of those, the {int(rare['n_types'].iloc[0])} rare types (general-pool frequency at most "
+            f"{rare_frequency:g}): " + ", ".join(f"{r['label']} {_share(r)}" for _, r in rare.iterrows()) + "."
         )
     return lines
 
@@ -299,6 +398,34 @@ def _summary_table(table: Any, main_k: int) -> str:
     return markdown_table(main[cols])
 
 
+def primary_section(compared: Any, family: Family, labels: dict[str, str]) -> list[str]:
+    """The declared comparisons of this report, each with its family-wise interval and
+    verdict; declared ones with no row (a side the run lacks) are said to be missing."""
+    lines = []
+    for entry in family.primary:
+        rows = compared[
+            (compared["run"] == entry["run"])
+            & (compared["reference_run"] == entry["reference_run"])
+            & (compared["metric"] == entry["metric"])
+            & (compared["set"] == entry["set"])
+        ]
+        if rows.empty:
+            lines.append(f"{entry['label']}: not computed (no such pair in this run).")
+            continue
+        r = rows.iloc[0]
+        n = int(r["n_types"]) if "n_types" in r and not math.isnan(r["n_types"]) else None
+        what = f"{n} rare types, " if n is not None and r["metric"] == "rare_capture" else ""
+        lines.append(
+            f"`{r['run']}` ({labels.get(r['run'], r['run'])}) vs {r['reference']}, {r['set']} test text "
+            f"({what}{int(r['n_docs'])} documents, {seeds_text(int(r['n_seeds']))}): {comparison_clause(r)}."
+        )
+    return lines
+
+
+def _exploratory(compared: Any) -> Any:
+    return compared[compared["role"] != "primary"] if not compared.empty else compared
+
+
 def evaluation_report(
     runs: dict[str, str],
     baselines_path: str | Path,
@@ -310,24 +437,41 @@ def evaluation_report(
     out_summary: str | Path,
     boot: Bootstrap | None = None,
     out_recall: str | Path | None = None,
+    rare_frequency: float = 1e-4,
+    family: Family | None = None,
 ) -> Any:
+    """Write every table, plot and summary.md of the evaluation; ``family``: the run's primary
+    comparisons (``ssae_steps.evals.config.resolve_primary``), of which this report computes
+    those of the ``evaluation`` study."""
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     boot = boot or Bootstrap()
+    family = family or Family()
+    mine = Family(tuple(p for p in family.primary if p["study"] == "evaluation"))
     baselines = json.loads(Path(baselines_path).read_text())
     loaded = load_runs(runs)
     groups = seed_groups(list(loaded))
     table = metrics_table(loaded, baselines, boot, groups)
     by_seed = metrics_table(loaded, baselines, boot, groups={name: [name] for name in loaded})
-    compared = comparisons(loaded, comparison_pairs(table, main_k), boot, groups)
-    curves = recall_by_frequency(loaded, table, main_k, boot, groups)
+    pairs = comparison_pairs(table, main_k)
+    compared = pd.concat(
+        [
+            comparisons(loaded, pairs, boot, groups, family),
+            capture_comparisons(loaded, pairs, rare_frequency, boot, groups, family),
+        ],
+        ignore_index=True,
+    )
+    curves = recall_by_frequency(loaded, table, main_k, boot, groups, rare_frequency)
+    differences = capture_differences(loaded, pairs, boot, groups)
     out_table = Path(out_table)
     outputs = (
         (out_table, table),
         (out_table.with_name("metrics_by_seed.csv"), by_seed),
         (out_table.with_name("comparisons.csv"), compared),
         (out_table.with_name("recall_by_frequency.csv"), curves),
+        (out_table.with_name("capture_differences.csv"), differences),
     )
     for path, frame in outputs:
         with atomic_path(path) as tmp:
@@ -337,8 +481,9 @@ def evaluation_report(
     _pareto_plot(table, sweep, Path(out_pareto))
     _comparison_plot(table, main_k, Path(out_comparison))
     if out_recall is not None:
-        _recall_plot(curves, Path(out_recall))
+        _recall_plot(curves, differences, fig6_curves(loaded, table, main_k, groups), Path(out_recall))
 
+    labels = dict(zip(table["run"], table["label"], strict=False))
     lines = [
         "# SAE evaluation",
         "",
@@ -347,8 +492,9 @@ def evaluation_report(
         f"Intervals: {PCT}% percentile bootstrap ({boot.samples} resamples) over test documents. Where an SAE",
         "has several training seeds (`n_seeds`) the value is their mean and the interval is",
         "mean ± t·sqrt(seed variance/n + the documents' bootstrap variance of the mean), t with",
-        "Welch-Satterthwaite degrees of freedom (n - 1 when the seeds dominate). A comparison",
-        "resamples the same documents for both SAEs and pairs seed s with seed s.",
+        "n - 1 degrees of freedom (conservative; `ssae_steps/bootstrap.py`). A comparison",
+        "resamples the same documents for both SAEs and pairs seed s with seed s. Shares of captured",
+        "token types resample test documents and token types together.",
         f"SAEs with several seeds here: {_seed_note(table)}.",
         "",
         f"- {FVU_FORMULA} (one mean over the test part of the held-out set).",
@@ -361,8 +507,9 @@ def evaluation_report(
         "- Tail concepts: subdomain-specific rare tokens (docs/evaluation.md); tail recall = share of them whose",
         "  latent, chosen on validation, detects them on test with F1 >= the configured threshold.",
         "  Tail concepts and the token types of the recall curve are chosen on validation counts; one",
-        "  with no test occurrence is left out (the same for every SAE). Rare = general-pool",
-        "  frequency at most the cutoff (the frequency bins include their upper edge).",
+        "  with no test occurrence is left out (the same for every SAE). Rare = general-pool frequency at",
+        f"  most {rare_frequency:g} (the frequency bins include their upper edge); rare-type capture = the",
+        "  captured share of the rare evaluated types.",
         "- ΔCE, KL and every loss cover each window's predictions of its 2nd to last token: the",
         "  prediction of the first token from BOS alone, which no splice changes, is left out.",
         "",
@@ -373,19 +520,32 @@ def evaluation_report(
             for name, b in baselines.items()
         ),
         "",
-        "## Findings (computed from the tables)",
+        "## Primary comparisons (stated in advance)",
         "",
-        "A difference is a finding only when its paired interval excludes zero.",
+        f"Declared in `evaluation.primary`: {family.size} comparison(s) in this run (evaluation, TERM study and",
+        f"debias together). Each gets a family-wise {PCT}% interval (Bonferroni: each at "
+        f"{100 * family.level:.2f}%), so all of them",
+        "cover together with probability at least 95%; a difference is a finding only when that interval",
+        "excludes zero and both SAEs have two or more training seeds.",
+        "",
+        *[f"- {line}" for line in primary_section(compared, mine, labels)],
+        "",
+        "## Exploratory (not findings)",
+        "",
+        f"Unadjusted {PCT}% intervals, listed for orientation: with this many of them some exclude zero by",
+        "chance, so none is called a finding.",
         "",
         *[f"- {line}" for line in findings(table, main_k)],
-        *[f"- {line}" for line in recall_sentences(curves)],
-        *[f"- {line}" for line in comparison_sentences(table, compared)],
+        *[f"- {line}" for line in recall_sentences(curves, rare_frequency)],
+        *[f"- {line}" for line in comparison_sentences(table, _exploratory(compared))],
         "",
         f"## All SAEs at k={main_k} (estimate [{PCT}% interval])",
         "",
         _summary_table(table, main_k),
         "",
-        "Full tables (all k, all columns): `metrics.csv` / `metrics.parquet`; paired differences: `comparisons.csv`.",
+        "Full tables (all k, all columns): `metrics.csv` / `metrics.parquet`; paired differences: `comparisons.csv`",
+        "(the `role` column says primary or exploratory); captured shares per frequency bin:",
+        "`recall_by_frequency.csv`, their paired differences: `capture_differences.csv`.",
     ]
     write_text(out_summary, "\n".join(lines) + "\n")
     log.info("wrote %s", out_summary)
@@ -404,6 +564,8 @@ def evaluation_report_command(
     bootstrap_samples: int = 1000,
     seed: Annotated[int, "seed of the bootstrap resamples"] = 0,
     out_recall: Annotated[Path | None, "PNG of captured token types against general-pool frequency"] = None,
+    rare_frequency: Annotated[float, "evaluation.tail.max_general_frequency: rare types are at most this"] = 1e-4,
+    primary: Annotated[list[dict] | None, "JSON array: the run's primary comparisons (resolve_primary)"] = None,
 ) -> None:
     """Evaluation overview: tables, comparisons, plots and summary.md of every SAE."""
     evaluation_report(
@@ -417,6 +579,8 @@ def evaluation_report_command(
         out_summary,
         Bootstrap(bootstrap_samples, seed),
         out_recall,
+        rare_frequency,
+        Family(tuple(primary or ())),
     )
 
 

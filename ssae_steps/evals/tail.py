@@ -48,9 +48,11 @@ from ssae_steps.evals.config import TailConfig
 from ssae_steps.files import atomic_path
 
 log = logging.getLogger("ssae.tail_concepts")
-Activity = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Activity = dict[str, list[Part]]
 """An SAE's firing on the held-out sets, per part (``validation``, ``test``): one
-``(token_ids, active_rows, active_latents)`` per set, rows numbered within the set."""
+``(token_ids, active_rows, active_latents, doc_keys)`` per set, rows numbered within the
+set, ``doc_keys`` each row's document (unique across sets: ``set/doc_id``)."""
 
 
 def is_rare(frequency: np.ndarray | float, cutoff: float) -> np.ndarray:
@@ -151,14 +153,16 @@ def tail_recall(detections: list[dict[str, float]], threshold: float) -> float:
     return sum(d["f1"] >= threshold for d in detections) / len(detections)
 
 
-def _pooled(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows, latents, tokens, offset = [], [], [], 0
-    for token_ids, active_rows, active_latents in parts:
+def _pooled(parts: list[Part]) -> Part:
+    """The sets' parts as one: ``(active_rows, active_latents, token_ids, doc_keys)``."""
+    rows, latents, tokens, docs, offset = [], [], [], [], 0
+    for token_ids, active_rows, active_latents, doc_keys in parts:
         rows.append(active_rows + offset)
         latents.append(active_latents)
         tokens.append(token_ids)
+        docs.append(np.asarray(doc_keys).astype(str))
         offset += len(token_ids)
-    return np.concatenate(rows), np.concatenate(latents), np.concatenate(tokens)
+    return np.concatenate(rows), np.concatenate(latents), np.concatenate(tokens), np.concatenate(docs)
 
 
 def detections(activity: Activity, concepts: list[int], d_sae: int, chunk: int = 256) -> list[dict[str, Any]]:
@@ -168,8 +172,8 @@ def detections(activity: Activity, concepts: list[int], d_sae: int, chunk: int =
     out = []
     for start in range(0, len(concepts), chunk):
         part = concepts[start : start + chunk]
-        chosen = concept_detection(*validation, part, d_sae)
-        scored = concept_detection(*test, part, d_sae, latents=[d["latent"] for d in chosen])
+        chosen = concept_detection(*validation[:3], part, d_sae)
+        scored = concept_detection(*test[:3], part, d_sae, latents=[d["latent"] for d in chosen])
         out += [
             {**t, "validation_f1": v["f1"], "validation_support": v["support"]}
             for v, t in zip(chosen, scored, strict=True)
@@ -202,20 +206,54 @@ def tail_detection(activity: Activity, concepts: list[int], d_sae: int, threshol
 
 def type_detection(
     activity: Activity, types: list[int], frequencies: np.ndarray, d_sae: int, threshold: float
-) -> dict[str, list]:
+) -> dict[str, Any]:
     """Every token type chosen on validation counts (:func:`token_types`): its general-pool
     frequency, test F1 of its validation-chosen latent, and whether that captures it
     (F1 >= ``threshold``). A type no test row contains has no test F1 and is listed under
-    ``not_on_test`` instead (not counted as missed; the same for every SAE)."""
+    ``not_on_test`` instead (not counted as missed; the same for every SAE).
+    ``test_counts``: the chosen latents' counts per test document (:func:`test_doc_counts`),
+    from which ``ssae_steps.evals.capture`` resamples documents and types together."""
     found = detections(activity, types, d_sae)
     keep = _evaluable(found)
+    kept = [d for d, k in zip(found, keep, strict=True) if k]
     return {
         "token_id": [types[i] for i, k in enumerate(keep) if k],
         "general_frequency": [float(frequencies[i]) for i, k in enumerate(keep) if k],
-        "f1": [found[i]["f1"] for i, k in enumerate(keep) if k],
-        "captured": [found[i]["f1"] >= threshold for i, k in enumerate(keep) if k],
+        "f1": [d["f1"] for d in kept],
+        "captured": [d["f1"] >= threshold for d in kept],
         "not_on_test": [types[i] for i, k in enumerate(keep) if not k],
+        "detection_f1": threshold,
+        "test_counts": test_doc_counts(
+            _pooled(activity["test"]), [d["token_id"] for d in kept], [d["latent"] for d in kept]
+        ),
     }
+
+
+def test_doc_counts(test: Part, types: list[int], latents: list[int]) -> dict[str, list]:
+    """Per type and test document, with the type's chosen latent: ``tp`` (rows of the type
+    where it fires), ``fires`` (rows where it fires) and ``support`` (rows of the type), so
+    that the test F1 of any reweighting of the documents is ``2 tp / (fires + support)``.
+    Sparse: ``docs`` (sorted document keys), then one entry per nonzero (``type`` index
+    into ``types``, ``doc`` index into ``docs``)."""
+    active_rows, active_latents, token_ids, doc_keys = test
+    docs, doc_of_row = np.unique(doc_keys, return_inverse=True)
+    doc_of_row = doc_of_row.reshape(-1)
+    order = np.argsort(active_latents, kind="stable")
+    rows_by_latent, sorted_latents = active_rows[order], active_latents[order]
+    out: dict[str, list] = {"docs": docs.tolist(), "type": [], "doc": [], "tp": [], "fires": [], "support": []}
+    for index, (token, latent) in enumerate(zip(types, latents, strict=True)):
+        low, high = np.searchsorted(sorted_latents, [latent, latent + 1])
+        fired = rows_by_latent[low:high]
+        fires = np.bincount(doc_of_row[fired], minlength=len(docs))
+        tp = np.bincount(doc_of_row[fired[token_ids[fired] == token]], minlength=len(docs))
+        support = np.bincount(doc_of_row[token_ids == token], minlength=len(docs))
+        nonzero = np.flatnonzero(fires + support)
+        out["type"] += [index] * len(nonzero)
+        out["doc"] += nonzero.tolist()
+        out["tp"] += tp[nonzero].tolist()
+        out["fires"] += fires[nonzero].tolist()
+        out["support"] += support[nonzero].tolist()
+    return out
 
 
 def token_types(general_counts: np.ndarray, validation_counts: np.ndarray, min_count: int) -> list[dict[str, Any]]:

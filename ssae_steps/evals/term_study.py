@@ -7,10 +7,12 @@ run has several seeds): FVU, ΔCE and KL; tail-token FVU and tail-concept recall
 values: they rest on a handful of tokens); the share of subdomain token types captured, over
 all types evaluable on test and over the rare ones (general-pool frequency at most
 ``rare_frequency``: ``ssae_steps.evals.tail.is_rare``), with a bootstrap interval over
-types; and the tilt's own diagnostics from training (mean effective sample size of the
-weights and top-1% weight share). Each tilted run is compared
-with the t = 0 run at the same k, seed s with seed s, and a difference is a finding only
-when its interval excludes zero.
+types and test documents resampled together (``ssae_steps.evals.capture``); and the tilt's
+own diagnostics from training (mean effective sample size of the weights and top-1% weight
+share). Each tilted run is compared with the t = 0 run at the same k, seed s with seed s.
+The declared comparison (``evaluation.primary``: by default the largest tilt against ERM at
+the main k on rare-type capture) gets a family-wise interval and is the only one that can be
+a finding; the rest are exploratory (``ssae_steps.evals.compare``).
 
 The tilt applies to the reconstruction term only (``sae.objective.tilted_loss``), scale-free by
 default (``training.tilt_scale``), for every architecture.
@@ -27,16 +29,19 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from ssae_steps.bootstrap import ratio, seed_interval
 from ssae_steps.cli import run, save_figure
+from ssae_steps.evals.capture import share_interval
 from ssae_steps.evals.compare import (
     PCT,
     Bootstrap,
+    Family,
+    capture_comparisons,
     comparison_clause,
     comparisons,
     interval_text,
     load_runs,
     metrics_table,
+    type_counts,
 )
 from ssae_steps.evals.tail import is_rare
 from ssae_steps.files import atomic_path, write_text
@@ -45,26 +50,26 @@ from ssae_steps.sae.runs import parse_run, seed_groups
 log = logging.getLogger("ssae.term_study")
 
 
-def captured_shares(result: dict[str, Any], rare_frequency: float) -> dict[str, np.ndarray]:
-    """Per token type evaluable on test, 1.0 where captured: all types, and the rare ones
+def captured_type_share(
+    results: list[dict[str, Any]], part: str, rare_frequency: float, boot: Bootstrap
+) -> dict[str, Any]:
+    """The captured share of all evaluated types (``part`` "all") or of the rare ones
     (:func:`~ssae_steps.evals.tail.is_rare`: general-pool frequency at most
-    ``rare_frequency``, as in the report's frequency bins and the tail concepts)."""
-    captured = np.asarray(result["types"]["captured"], dtype=np.float64)
-    frequency = np.asarray(result["types"]["general_frequency"], dtype=np.float64)
-    return {"all": captured, "rare": captured[is_rare(frequency, rare_frequency)]}
-
-
-def _type_share(results: list[dict[str, Any]], part: str, rare_frequency: float, boot: Bootstrap) -> dict[str, Any]:
-    shares = [captured_shares(r, rare_frequency)[part] for r in results if "types" in r]
-    if len(shares) != len(results) or not len(shares[0]):
-        return {f"captured_{part}": math.nan, f"captured_{part}_ci_low": math.nan, f"captured_{part}_ci_high": math.nan}
-    ones = np.ones(len(shares[0]))
-    ci = seed_interval([ratio(s, ones) for s in shares], len(ones), boot.samples, boot.seed)
+    ``rare_frequency``), seed mean, documents and types resampled together."""
+    seeds = [type_counts(r) for r in results]
+    empty = {f"captured_{part}": math.nan, f"captured_{part}_ci_low": math.nan, f"captured_{part}_ci_high": math.nan}
+    if any(c is None for c in seeds):
+        return empty
+    frequency = seeds[0].frequency  # type: ignore[union-attr]
+    types = is_rare(frequency, rare_frequency) if part == "rare" else np.ones(len(frequency), dtype=bool)
+    if not types.any():
+        return empty
+    ci = share_interval(seeds, types, boot.samples, boot.seed)  # type: ignore[arg-type]
     return {
         f"captured_{part}": ci.estimate,
         f"captured_{part}_ci_low": max(ci.low, 0.0),  # a share lies in [0, 1]
         f"captured_{part}_ci_high": min(ci.high, 1.0),
-        f"n_types_{part}": len(ones),
+        f"n_types_{part}": int(types.sum()),
     }
 
 
@@ -103,8 +108,8 @@ def study_table(
         results = [loaded[n][0] for n in names]
         extra.append(
             {
-                **_type_share(results, "all", rare_frequency, boot),
-                **_type_share(results, "rare", rare_frequency, boot),
+                **captured_type_share(results, "all", rare_frequency, boot),
+                **captured_type_share(results, "rare", rare_frequency, boot),
                 **_tilt_diagnostics([train_logs[n] for n in names if n in train_logs]),
             }
         )
@@ -162,20 +167,31 @@ def term_study(
     out_plot: str | Path,
     out_summary: str | Path,
     boot: Bootstrap | None = None,
+    family: Family | None = None,
 ) -> Any:
     """Write the study's table (CSV, with ``term_comparisons.csv`` beside it), figure and
-    Markdown summary; return the table."""
+    Markdown summary; return the table. ``family``: the run's primary comparisons, of which
+    this study computes those of the ``term`` study."""
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     boot = boot or Bootstrap()
+    family = family or Family()
     for name in runs:
         if parse_run(name)["family"] == "GSAE":
             raise ValueError(f"{name}: the TERM study takes SSAE runs only")
     loaded = load_runs(runs)
     baselines = json.loads(Path(baselines_path).read_text())
     table = study_table(loaded, baselines, train_logs, rare_frequency, boot)
-    compared = comparisons(loaded, erm_pairs(table), boot, seed_groups(list(loaded)))
+    groups, pairs = seed_groups(list(loaded)), erm_pairs(table)
+    compared = pd.concat(
+        [
+            comparisons(loaded, pairs, boot, groups, family),
+            capture_comparisons(loaded, pairs, rare_frequency, boot, groups, family),
+        ],
+        ignore_index=True,
+    )
     out_table = Path(out_table)
     with atomic_path(out_table) as tmp:
         table.to_csv(tmp, index=False)
@@ -193,12 +209,28 @@ def term_study(
         "share of subdomain token types with a validation-chosen latent reaching the F1 threshold on test;",
         f"rare = general-pool frequency at most {rare_frequency:g}.",
         "",
-        "## Against plain ERM at the same k (a finding only where the interval excludes zero)",
+        "## Primary comparison (stated in advance)",
+        "",
+        f"Family-wise {PCT}% interval over the run's {family.size} primary comparisons (Bonferroni; see",
+        "`summary.md`): a finding only when it excludes zero and both sides have two or more seeds.",
         "",
     ]
-    if compared.empty:
-        lines.append("No tilted run to compare.")
-    for (run_name, set_name), part in compared.groupby(["run", "set"], sort=False):
+    mine = Family(tuple(p for p in family.primary if p["study"] == "term"))
+    for entry in mine.primary:
+        rows = compared[(compared["run"] == entry["run"]) & (compared["metric"] == entry["metric"])]
+        rows = rows[(rows["reference_run"] == entry["reference_run"]) & (rows["set"] == entry["set"])]
+        if rows.empty:
+            lines.append(f"- {entry['label']}: not computed (no such pair in this run).")
+            continue
+        r = rows.iloc[0]
+        lines.append(f"- `{r['run']}` vs t=0, {r['set']} ({int(r['n_seeds'])} seeds paired): {comparison_clause(r)}.")
+    if not mine.primary:
+        lines.append("- None declared for the TERM study.")
+    lines += ["", "## Against plain ERM at the same k (exploratory, not findings)", ""]
+    exploratory = compared[compared["role"] != "primary"] if not compared.empty else compared
+    if exploratory.empty:
+        lines.append("No other tilted run to compare.")
+    for (run_name, set_name), part in exploratory.groupby(["run", "set"], sort=False):
         r = table[(table["run"] == run_name) & (table["set"] == set_name)].iloc[0]
         n = int(part["n_seeds"].iloc[0])
         lines.append(
@@ -234,6 +266,7 @@ def term_study_command(
     out_summary: Path,
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    primary: Annotated[list[dict] | None, "JSON array: the run's primary comparisons (resolve_primary)"] = None,
 ) -> None:
     """TERM study: tilted SSAEs against plain ERM at the same k (table, plot, summary)."""
     term_study(
@@ -245,6 +278,7 @@ def term_study_command(
         out_plot,
         out_summary,
         Bootstrap(bootstrap_samples, seed),
+        Family(tuple(primary or ())),
     )
 
 

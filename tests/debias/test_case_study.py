@@ -21,7 +21,8 @@ from ssae_steps.debias.bios import (
 from ssae_steps.debias.case_study import run_case_study, run_variants
 from ssae_steps.debias.config import DebiasConfig
 from ssae_steps.debias.probes import CaseData, Outcome, delete_gendered_words, sparse_probe
-from ssae_steps.debias.report import choose_n, paired_comparisons, summary_markdown
+from ssae_steps.debias.report import choose_n, comparison_line, paired_comparisons, summary_markdown
+from ssae_steps.evals.compare import Family
 
 
 def planted(n: int = 400, seed: int = 0, female_latent: float = 3.0, hidden_gender: float = 0.0):
@@ -91,11 +92,22 @@ def test_an_sae_without_gender_latents_loses_the_paired_comparison() -> None:
     blind[:, :2] = 0
     saes = {(name, s): (acts, decoder) for s in (0, 1) for name, acts in (("ssae_bios", a), ("gsae", blind))}
     outcomes = run_case_study(data, saes, DebiasConfig(n_latents=[2], random_repeats=1), seed=0)
-    rows = {r["method"]: r for r in paired_comparisons(outcomes, data, DebiasConfig(bootstrap_samples=200), 0)}
+    declared = {"study": "debias", "run": "ssae_bios", "reference_run": "gsae", "set": "main variant"}
+    family = Family(({**declared, "label": "retrain", "metric": "shift_retrain_worst_group"},))
+    cfg = DebiasConfig(bootstrap_samples=200)
+    rows = {r["method"]: r for r in paired_comparisons(outcomes, data, cfg, 0, family)}
     assert set(rows) == {"SHIFT", "SHIFT + retrain"}
     retrain = rows["SHIFT + retrain"]
-    assert retrain["seeds"] == 2 and retrain["reference"] == "gsae"
-    assert retrain["difference"] > 0.3 and retrain["ci_low"] > 0 and retrain["finding"]
+    assert retrain["seeds"] == 2 and retrain["reference"] == "gsae" and retrain["role"] == "primary"
+    assert retrain["difference"] > 0.3 and retrain["family_ci_low"] > 0 and retrain["finding"]
+    # Not declared: the same kind of gap is exploratory, never a finding.
+    assert rows["SHIFT"]["role"] == "exploratory" and not rows["SHIFT"]["finding"]
+    # With one training seed even the declared comparison is no finding.
+    one = {key: value for key, value in saes.items() if key[1] == 0}
+    outcomes = run_case_study(data, one, DebiasConfig(n_latents=[2], random_repeats=1), seed=0)
+    single = {r["method"]: r for r in paired_comparisons(outcomes, data, cfg, 0, family)}["SHIFT + retrain"]
+    assert single["role"] == "primary" and not single["training_variance"] and not single["finding"]
+    assert "training variance not included" in comparison_line(single)
 
 
 def test_each_variant_reports_its_biography_ssae_and_the_swap_control_beside_the_others() -> None:

@@ -57,3 +57,27 @@ def planted_run(out: Path, name: str, error_scale: float, noise_seed: int, valid
     path.write_text(json.dumps({"sets": sets, "tail": tail, "dead": dead}))
     write_per_doc(per_doc_path(path), per_set)
     return str(path)
+
+
+def planted_types(captured: list[bool], frequencies: list[float], n_docs: int = 10) -> dict:
+    """An evaluation JSON's ``types`` section for types ``0..n-1``, each once in each of
+    ``n_docs`` test documents, whose chosen latent fires exactly on it (test F1 1, captured)
+    or only on another row of the same documents (F1 0)."""
+    counts: dict[str, list] = {"docs": [f"subdomain/doc{d:03d}" for d in range(n_docs)]}
+    entries = [(t, d) for t in range(len(captured)) for d in range(n_docs)]
+    counts |= {
+        "type": [t for t, _ in entries],
+        "doc": [d for _, d in entries],
+        "tp": [int(captured[t]) for t, _ in entries],
+        "fires": [1] * len(entries),
+        "support": [1] * len(entries),
+    }
+    return {
+        "token_id": list(range(len(captured))),
+        "general_frequency": list(frequencies),
+        "f1": [1.0 if c else 0.0 for c in captured],
+        "captured": list(captured),
+        "not_on_test": [],
+        "detection_f1": 0.5,
+        "test_counts": counts,
+    }

@@ -207,14 +207,15 @@ def test_tail_latent_is_chosen_on_validation_and_scored_on_test() -> None:
     """Latent 3 detects token 7 perfectly on validation rows but fires on nothing on test
     rows, where latent 4 would: the validation choice (3) is kept and scores F1 0 on test."""
     tokens = np.array([7, 7, 1, 1])
-    validation = (tokens, np.array([0, 1, 2]), np.array([3, 3, 4]))
+    docs = np.array(["a", "a", "b", "b"])
+    validation = (tokens, np.array([0, 1, 2]), np.array([3, 3, 4]), docs)
     test = (np.array([0, 1]), np.array([4, 4]))
-    tail = tail_detection({"validation": [validation], "test": [(tokens, *test)]}, [7], 8, 0.5)
+    tail = tail_detection({"validation": [validation], "test": [(tokens, *test, docs)]}, [7], 8, 0.5)
     (found,) = tail["detections"]
     assert found["latent"] == 3 and found["validation_f1"] == 1.0 and found["f1"] == 0.0
     assert tail["recall"] == 0.0 and tail["evaluable"] == 1
     # A concept missing from the test part is not evaluable rather than "missed".
-    tail = tail_detection({"validation": [validation], "test": [(tokens[2:], *test)]}, [7], 8, 0.5)
+    tail = tail_detection({"validation": [validation], "test": [(tokens[2:], *test, docs[2:])]}, [7], 8, 0.5)
     assert tail["evaluable"] == 0 and np.isnan(tail["recall"])
 
 
@@ -261,14 +262,27 @@ def test_token_types_are_every_type_in_validation_text_often_enough() -> None:
 def test_type_detection_on_planted_latents_in_chunks() -> None:
     """Token t (0-5) occurs on rows 3t..3t+2 of both parts; latent t fires exactly on
     them for t < 4 (captured), latent 7 fires on every row of tokens 4 and 5 (F1 2/3 each,
-    below the 0.7 threshold). Scored in chunks of 2 concepts the result equals one pass."""
+    below the 0.7 threshold). Scored in chunks of 2 concepts the result equals one pass, and
+    the per-document counts give back every test F1."""
     tokens = np.repeat(np.arange(6), 3)
     rows = np.concatenate([np.arange(12), np.arange(12, 18)])
     latents = np.concatenate([np.repeat(np.arange(4), 3), np.full(6, 7)])
-    parts = {"validation": [(tokens, rows, latents)], "test": [(tokens, rows, latents)]}
+    docs = np.array([f"d{i % 4}" for i in range(18)])
+    parts = {"validation": [(tokens, rows, latents, docs)], "test": [(tokens, rows, latents, docs)]}
     frequencies = np.array([0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
     found = type_detection(parts, list(range(6)), frequencies, 8, 0.7)
     assert found["captured"] == [True, True, True, True, False, False]
     assert found["f1"][4] == pytest.approx(2 * 3 / (6 + 3))
     assert found["general_frequency"] == list(frequencies)
     assert detections(parts, list(range(6)), 8, chunk=2) == detections(parts, list(range(6)), 8)
+    counts = found["test_counts"]
+    assert counts["docs"] == ["d0", "d1", "d2", "d3"]
+    for t in range(6):
+        entries = [i for i, ty in enumerate(counts["type"]) if ty == t]
+        tp, fires, support = (sum(counts[key][i] for i in entries) for key in ("tp", "fires", "support"))
+        assert support == 3 and 2 * tp / (fires + support) == pytest.approx(found["f1"][t])
+    # Per document: token 4 (rows 12-14) sits in documents d0, d1, d2 once each; latent 7
+    # fires on rows 12-17, i.e. d0 d1 d2 d3 d0 d1.
+    doc_rows = {counts["docs"][counts["doc"][i]]: i for i, ty in enumerate(counts["type"]) if ty == 4}
+    assert [counts["fires"][doc_rows[d]] for d in ("d0", "d1", "d2", "d3")] == [2, 2, 1, 1]
+    assert [counts["support"][doc_rows[d]] for d in ("d0", "d1", "d2", "d3")] == [1, 1, 1, 0]

@@ -11,22 +11,31 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssae_steps.evals.compare import Bootstrap
+from ssae_steps.evals.compare import Bootstrap, Family
 from ssae_steps.evals.report import evaluation_report, frequency_bins, in_frequency_bin
-from tests.evals.planted import N_DOCS, planted_run
+from tests.evals.planted import N_DOCS, planted_run, planted_types
+
+DENSE_VS_GSAE_FVU = {
+    "label": "dense - gsae: fvu (evaluation)",
+    "study": "evaluation",
+    "run": "ssae/dense/finetune-t0-k8",
+    "reference_run": "gsae/k8",
+    "metric": "fvu",
+    "set": "subdomain",
+}
 
 
-def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tmp_path: Path) -> None:
+def test_with_one_seed_nothing_is_a_finding_not_even_a_declared_comparison(tmp_path: Path) -> None:
     runs = {
         "gsae/k8": planted_run(tmp_path, "gsae/k8", 1.0, 1, validation_fvu=0.30),
-        # 30% less error than the GSAE: a clear finding. Its validation FVU is the lowest.
+        # 30% less error than the GSAE: its interval excludes zero by far. Lowest validation FVU.
         "ssae/dense/finetune-t0-k8": planted_run(tmp_path, "dense", 0.7, 2, validation_fvu=0.20),
-        # Equal to the GSAE but for its own noise: no clear difference.
+        # Equal to the GSAE but for its own noise.
         "ssae/random/finetune-t0-k8": planted_run(tmp_path, "random", 1.0, 3, validation_fvu=0.29),
         # Lowest test error, but worse on validation: not the chosen "best SSAE".
         "ssae/bm25/finetune-t0-k8": planted_run(tmp_path, "bm25", 0.6, 4, validation_fvu=0.25),
     }
-    table, _, compared, summary = _report(tmp_path, runs)
+    table, _, compared, summary = _report(tmp_path, runs, [DENSE_VS_GSAE_FVU])
     table = table.set_index(["run", "set"])
     for metric in ("fvu", "delta_ce", "kl", "spliced_loss", "l0"):
         assert (table[f"{metric}_ci_low"] <= table[metric]).all() and (
@@ -38,32 +47,32 @@ def test_summary_states_findings_only_where_the_paired_interval_excludes_zero(tm
     np.testing.assert_allclose(table["delta_ce"], table["spliced_loss"] - 3.0)
 
     fvu = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].set_index(["run", "reference"])
-    assert fvu.loc[("ssae/dense/finetune-t0-k8", "GSAE"), "ci_high"] < 0
-    assert fvu.loc[("ssae/dense/finetune-t0-k8", "control"), "finding"]
-    assert (
-        fvu.loc[("ssae/random/finetune-t0-k8", "GSAE"), "ci_low"]
-        < 0
-        < fvu.loc[("ssae/random/finetune-t0-k8", "GSAE"), "ci_high"]
-    )
-    assert not fvu.loc[("ssae/random/finetune-t0-k8", "GSAE"), "finding"]
+    dense = fvu.loc[("ssae/dense/finetune-t0-k8", "GSAE")]
+    assert dense["role"] == "primary" and dense["family_size"] == 1 and dense["family_ci_high"] < 0
+    assert not dense["training_variance"] and not dense["finding"]
+    assert fvu.loc[("ssae/dense/finetune-t0-k8", "control"), "ci_high"] < 0
+    assert fvu.loc[("ssae/dense/finetune-t0-k8", "control"), "role"] == "exploratory"
+    assert not compared["finding"].any()
     assert ("ssae/random/finetune-t0-k8", "control") not in fvu.index
 
     assert "Best SSAE, chosen on subdomain validation FVU (0.2000, first seed): `ssae/dense/finetune-t0-k8`" in summary
-    dense = next(
+    primary = summary.split("## Primary comparisons")[1].split("## Exploratory")[0]
+    assert "`ssae/dense/finetune-t0-k8` (SSAE dense) vs GSAE" in primary
+    assert "training variance not included (one seed), so exploratory" in primary and "lower by" not in primary
+    exploratory = summary.split("## Exploratory")[1]
+    dense_line = next(
         line
-        for line in summary.splitlines()
+        for line in exploratory.splitlines()
         if line.startswith("- `ssae/dense/finetune-t0-k8` (SSAE dense) vs GSAE, subdomain")
     )
-    assert "FVU" in dense and "lower by" in dense and "95% CI of the difference" in dense
-    control = next(
-        line
-        for line in summary.splitlines()
-        if line.startswith("- `ssae/random/finetune-t0-k8` (control) vs GSAE, subdomain")
-    )
-    assert control.count("no clear difference") == 3 and "95% CI of the difference" in control
+    # The declared metric is not repeated among the exploratory ones; the others are there.
+    assert "FVU" not in dense_line and "ΔCE" in dense_line and "unadjusted; exploratory" in dense_line
+    assert "lower by" not in summary and "higher by" not in summary
 
 
-def _report(tmp_path: Path, runs: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+def _report(
+    tmp_path: Path, runs: dict[str, str], primary: list[dict] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
     baselines = tmp_path / "baselines.json"
     base = {"clean_loss": 3.0, "zero_ablation_loss": 10.0, "loss_tokens": 100}
     baselines.write_text(json.dumps({"general": base, "subdomain": base}))
@@ -79,6 +88,7 @@ def _report(tmp_path: Path, runs: dict[str, str]) -> tuple[pd.DataFrame, pd.Data
         out / "summary.md",
         Bootstrap(samples=500, seed=0),
         out / "recall.png",
+        family=Family(tuple(primary or ())),
     )
     read = lambda name: pd.read_csv(out / name)  # noqa: E731
     return read("metrics.csv"), read("metrics_by_seed.csv"), read("comparisons.csv"), (out / "summary.md").read_text()
@@ -100,7 +110,8 @@ def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
     # One seed only (a sweep run, and the control): compared at the seed they share.
     runs["ssae/dense/scratch-t0-k8"] = planted_run(tmp_path, "dense-scratch", 0.9, 40, 0.28)
     runs["ssae/random/finetune-t0-k8"] = planted_run(tmp_path, "random", 0.6, 50, 0.29)
-    table, by_seed, compared, summary = _report(tmp_path, runs)
+    bm25_vs_gsae = {**DENSE_VS_GSAE_FVU, "label": "bm25 - gsae: fvu", "run": "ssae/bm25/finetune-t0-k8"}
+    table, by_seed, compared, summary = _report(tmp_path, runs, [DENSE_VS_GSAE_FVU, bm25_vs_gsae])
 
     assert sorted(table["run"].unique()) == sorted(
         [
@@ -128,12 +139,17 @@ def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
 
     fvu = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].set_index(["run", "reference"])
     dense = fvu.loc[("ssae/dense/finetune-t0-k8", "GSAE")]
-    assert dense["n_seeds"] == 3 and dense["finding"] and dense["ci_high"] < 0
+    assert dense["n_seeds"] == 3 and dense["finding"] and dense["family_ci_high"] < 0
+    # The family-wise interval (m = 2) holds the unadjusted one.
+    assert dense["family_ci_low"] < dense["ci_low"] < dense["ci_high"] < dense["family_ci_high"]
     bm25 = fvu.loc[("ssae/bm25/finetune-t0-k8", "GSAE")]
-    assert bm25["n_seeds"] == 3 and not bm25["finding"] and bm25["ci_low"] < 0 < bm25["ci_high"]
+    assert bm25["n_seeds"] == 3 and not bm25["finding"] and bm25["family_ci_low"] < 0 < bm25["family_ci_high"]
     for run, ref in (("ssae/dense/scratch-t0-k8", "GSAE"), ("ssae/dense/finetune-t0-k8", "control")):
         one = fvu.loc[(run, ref)]
-        assert one["n_seeds"] == 1, (run, ref)
+        assert one["n_seeds"] == 1 and one["role"] == "exploratory" and not one["finding"], (run, ref)
+        assert not one["training_variance"]
+    assert set(compared.loc[compared["finding"], "run"]) == {"ssae/dense/finetune-t0-k8"}
+    assert "training variance not included (one seed)" in summary
     # The single-seed runs meet the first seed of the other side.
     np.testing.assert_allclose(
         fvu.loc[("ssae/dense/scratch-t0-k8", "GSAE"), "reference_value"], by_seed.loc[("gsae/k8", "subdomain"), "fvu"]
@@ -151,7 +167,9 @@ def test_an_imported_gsae_pairs_with_every_seed(tmp_path: Path) -> None:
         runs[f"ssae/dense/finetune-t0-k8{tag}"] = planted_run(tmp_path, f"dense{tag}", 0.7, 2 + i, 0.2)
     _, _, compared, _ = _report(tmp_path, runs)
     row = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].iloc[0]
-    assert row["reference_run"] == "gsae/k8" and row["n_seeds"] == 2 and row["finding"]
+    assert row["reference_run"] == "gsae/k8" and row["n_seeds"] == 2 and row["ci_high"] < 0
+    # The fixed GSAE has no training variance to include; the SSAE's two seeds carry theirs.
+    assert row["training_variance"] and row["role"] == "exploratory" and not row["finding"]
 
 
 FREQUENCIES = [0.0, 0.0, 3e-6, 5e-6, 2e-5, 4e-5, 6e-5, 0.002]
@@ -159,12 +177,7 @@ FREQUENCIES = [0.0, 0.0, 3e-6, 5e-6, 2e-5, 4e-5, 6e-5, 0.002]
 
 def _with_types(path: str, captured: list[bool]) -> str:
     result = json.loads(Path(path).read_text())
-    result["types"] = {
-        "token_id": list(range(len(captured))),
-        "general_frequency": FREQUENCIES,
-        "f1": [0.9 if c else 0.1 for c in captured],
-        "captured": captured,
-    }
+    result["types"] = planted_types(captured, FREQUENCIES)
     Path(path).write_text(json.dumps(result))
     return path
 
@@ -199,6 +212,16 @@ def test_recall_by_frequency_counts_captured_types_per_decade(tmp_path: Path) ->
     assert cumulative.loc[("gsae/k8", 1e-2), "n_types"] == 8
     assert "Subdomain token types captured on test (8 types" in summary
     assert (tmp_path / "eval" / "recall.png").stat().st_size > 10_000
+    # Paired differences per bin, SSAE (seed mean) - GSAE (one run, met by each seed): (1e-5, 1e-4] 5/6 - 2/3.
+    differences = pd.read_csv(tmp_path / "eval" / "capture_differences.csv")
+    decade = differences[~differences["cumulative"]].set_index(["run", "reference", "frequency_high"])
+    row = decade.loc[("ssae/dense/finetune-t0-k8", "GSAE", 1e-4)]
+    assert row["difference"] == pytest.approx(5 / 6 - 2 / 3) and row["n_seeds"] == 2
+    # Rare-type capture (at most 1e-4: types 0-6): dense (6/7 + 5/7) / 2 against GSAE 3/7.
+    compared = pd.read_csv(tmp_path / "eval" / "comparisons.csv")
+    rare = compared[compared["metric"] == "rare_capture"].set_index("run").loc["ssae/dense/finetune-t0-k8"]
+    assert rare["n_types"] == 7 and rare["value"] == pytest.approx(11 / 14) and rare["reference_value"] == 3 / 7
+    assert "Of those, the 7 rare types (general-pool frequency at most 0.0001)" in summary
 
 
 def test_frequency_bins_put_each_type_in_exactly_one_decade() -> None:

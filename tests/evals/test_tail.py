@@ -17,7 +17,8 @@ from ssae_steps.evals.compare import Bootstrap
 from ssae_steps.evals.config import TailConfig
 from ssae_steps.evals.report import frequency_bins, in_frequency_bin, recall_by_frequency
 from ssae_steps.evals.tail import is_rare, tail_tokens, type_detection, write_tail_table
-from ssae_steps.evals.term_study import captured_shares
+from ssae_steps.evals.term_study import captured_type_share
+from tests.evals.planted import planted_types
 
 VALIDATION_FRACTION = 0.5
 COMMON = list(range(20, 30))
@@ -81,10 +82,10 @@ def test_the_type_set_and_tail_concepts_ignore_test_rows(tmp_path: Path, tiny_mo
 def test_a_type_absent_from_test_is_not_evaluable_for_every_sae() -> None:
     """Types 0 and 1 are chosen (on validation); type 1 has no test row: it is listed as not
     evaluable on test and left out of the shares, whatever the SAE does."""
-    validation = (np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]), np.array([5, 5, 6, 6]))
-    test = (np.array([0, 0, 2]), np.array([0, 1]), np.array([5, 5]))
+    validation = (np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]), np.array([5, 5, 6, 6]), np.array(["a"] * 4))
+    test = (np.array([0, 0, 2]), np.array([0, 1]), np.array([5, 5]), np.array(["b", "b", "c"]))
     for latent_on_test in (5, 6):
-        activity = {"validation": [validation], "test": [(test[0], test[1], np.full(2, latent_on_test))]}
+        activity = {"validation": [validation], "test": [(test[0], test[1], np.full(2, latent_on_test), test[3])]}
         found = type_detection(activity, [0, 1], np.array([1e-5, 1e-5]), 8, 0.5)
         assert found["token_id"] == [0] and found["not_on_test"] == [1]
         assert found["captured"] == [latent_on_test == 5]
@@ -95,19 +96,12 @@ def test_a_type_at_exactly_the_rare_cutoff_is_rare_in_the_report_the_term_study_
     frequencies = np.array([0.0, 3e-5, 1.0 / 10_000, np.nextafter(1e-4, 1.0), 4e-4, 2e-3])
     assert frequencies[2] == cutoff
     captured = [True, False, True, True, False, True]
-    result = {
-        "types": {
-            "token_id": list(range(6)),
-            "general_frequency": frequencies.tolist(),
-            "f1": [0.9 if c else 0.1 for c in captured],
-            "captured": captured,
-        }
-    }
+    result = {"types": planted_types(captured, frequencies.tolist())}
     expected = np.array([True, True, True, False, False, False])
     np.testing.assert_array_equal(is_rare(frequencies, cutoff), expected)
     # TERM study: rare types are types 0-2.
-    rare = captured_shares(result, cutoff)["rare"]
-    assert len(rare) == 3 and rare.mean() == 2 / 3
+    rare = captured_type_share([result], "rare", cutoff, Bootstrap(50, 0))
+    assert rare["n_types_rare"] == 3 and rare["captured_rare"] == pytest.approx(2 / 3)
     # Report: the cumulative bin up to 1e-4 holds the same types; the type at 1e-4 sits in
     # the decade that ends there.
     bins = frequency_bins(frequencies)
@@ -120,7 +114,7 @@ def test_a_type_at_exactly_the_rare_cutoff_is_rare_in_the_report_the_term_study_
     table = pd.DataFrame({"run": [run], "label": ["SSAE dense"], "family": ["SSAE"], "k": [8]})
     curves = recall_by_frequency({run: (result, {})}, table, 8, Bootstrap(50, 0), {run: [run]})
     row = curves[curves["cumulative"] & (curves["frequency_high"] == cutoff)].iloc[0]
-    assert row["n_types"] == len(rare) and row["captured_share"] == pytest.approx(rare.mean())
+    assert row["n_types"] == 3 and row["captured_share"] == pytest.approx(2 / 3)
     # Tail concepts: a token whose pool frequency is exactly the cutoff is rare enough (2),
     # one just above it is not (3).
     general = np.array([0, 9_997, 1, 2])  # token 2 at 1e-4 exactly, 3 at 2e-4

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from ssae_steps.config import ConfigError
-from ssae_steps.evals.compare import Bootstrap
+from ssae_steps.evals.compare import Bootstrap, Family
 from ssae_steps.evals.config import TermStudyConfig
 from ssae_steps.evals.term_study import term_study
-from tests.evals.planted import planted_run
+from tests.evals.planted import planted_run, planted_types
 
 FREQUENCIES = [0.0, 2e-5, 5e-5, 3e-4, 0.002, 0.01]
 
@@ -23,12 +23,7 @@ FREQUENCIES = [0.0, 2e-5, 5e-5, 3e-4, 0.002, 0.01]
 def _run(tmp_path: Path, name: str, scale: float, noise: int, captured: list[bool], ess: float) -> tuple[str, str]:
     path = planted_run(tmp_path, name, scale, noise, validation_fvu=0.2)
     result = json.loads(Path(path).read_text())
-    result["types"] = {
-        "token_id": list(range(6)),
-        "general_frequency": FREQUENCIES,
-        "f1": [0.9 if c else 0.1 for c in captured],
-        "captured": captured,
-    }
+    result["types"] = planted_types(captured, FREQUENCIES)
     Path(path).write_text(json.dumps(result))
     log = tmp_path / "logs" / f"{name.replace('/', '_')}.csv"
     log.parent.mkdir(exist_ok=True)
@@ -57,8 +52,25 @@ def test_tilted_runs_against_erm_at_the_same_k(tmp_path: Path) -> None:
     base = {"clean_loss": 3.0, "zero_ablation_loss": 10.0, "loss_tokens": 100}
     baselines.write_text(json.dumps({"general": base, "subdomain": base}))
     out = tmp_path / "eval"
+    declared = {
+        "label": "largest_tilt - erm: fvu (term)",
+        "study": "term",
+        "run": "ssae/dense/finetune-t10-k8",
+        "reference_run": "ssae/dense/finetune-t0-k8",
+        "metric": "fvu",
+        "set": "subdomain",
+    }
+    family = Family((declared, {**declared, "metric": "rare_capture", "label": "rare"}))
     table = term_study(
-        runs, logs, baselines, 1e-4, out / "term_study.csv", out / "term.png", out / "term.md", Bootstrap(400, 0)
+        runs,
+        logs,
+        baselines,
+        1e-4,
+        out / "term_study.csv",
+        out / "term.png",
+        out / "term.md",
+        Bootstrap(400, 0),
+        family,
     )
     sub = table[table["set"] == "subdomain"].set_index(["tilt", "k"])
     assert list(sub.index) == [(0.0, 4), (10.0, 4), (0.0, 8), (10.0, 8)]
@@ -75,12 +87,23 @@ def test_tilted_runs_against_erm_at_the_same_k(tmp_path: Path) -> None:
     fvu = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].set_index("run")
     assert set(fvu.index) == {"ssae/dense/finetune-t10-k8", "ssae/dense/finetune-t10-k4"}
     assert fvu.loc["ssae/dense/finetune-t10-k8", "reference_run"] == "ssae/dense/finetune-t0-k8"
-    assert fvu.loc["ssae/dense/finetune-t10-k8", "finding"] and fvu.loc["ssae/dense/finetune-t10-k8", "ci_low"] > 0
-    assert fvu.loc["ssae/dense/finetune-t10-k8", "n_seeds"] == 2
+    declared_fvu = fvu.loc["ssae/dense/finetune-t10-k8"]
+    assert declared_fvu["role"] == "primary" and declared_fvu["finding"] and declared_fvu["family_ci_low"] > 0
+    assert declared_fvu["n_seeds"] == 2
+    assert fvu.loc["ssae/dense/finetune-t10-k4", "role"] == "exploratory"
     assert not fvu.loc["ssae/dense/finetune-t10-k4", "finding"]
+    # Rare-type capture, declared too: t=10 (1 + 2/3) / 2 against ERM (1/3 + 0) / 2 over three
+    # rare types - too few to resample (fewer than 5), so no interval and no finding.
+    rare = compared[compared["metric"] == "rare_capture"].set_index("run").loc["ssae/dense/finetune-t10-k8"]
+    assert rare["value"] == pytest.approx(5 / 6) and rare["reference_value"] == pytest.approx(1 / 6)
+    assert rare["role"] == "primary" and not rare["finding"] and np.isnan(rare["ci_low"])
     summary = (out / "term.md").read_text()
-    assert "t=10, k=8, subdomain (2 seeds): FVU" in summary and "higher" in summary
-    assert "t=10, k=4, subdomain (1 seed): FVU" in summary and "no clear difference" in summary
+    primary = summary.split("## Primary comparison")[1].split("## Against plain ERM")[0]
+    assert "`ssae/dense/finetune-t10-k8` vs t=0, subdomain (2 seeds paired): FVU" in primary and "higher" in primary
+    assert "m = 2" in primary
+    exploratory = summary.split("## Against plain ERM")[1]
+    assert "t=10, k=4, subdomain (1 seed): FVU" in exploratory and "training variance not included" in exploratory
+    assert "higher by" not in exploratory
     assert (out / "term.png").stat().st_size > 10_000
     np.testing.assert_allclose(sub["delta_ce"], sub["spliced_loss"] - 3.0)
 

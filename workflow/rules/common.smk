@@ -15,7 +15,7 @@ from ssae_steps.activations.config import ActivationConfig  # noqa: E402
 from ssae_steps.config import ConfigError, coerce_override_scalars, schema_errors  # noqa: E402
 from ssae_steps.data.config import FILE_KINDS, CorpusConfig, expand_paths  # noqa: E402
 from ssae_steps.debias.config import DebiasConfig  # noqa: E402
-from ssae_steps.evals.config import EvaluationConfig, TermStudyConfig  # noqa: E402
+from ssae_steps.evals.config import EvaluationConfig, TermStudyConfig, resolve_primary  # noqa: E402
 from ssae_steps.files import code_fingerprint, tree_digest  # noqa: E402
 from ssae_steps.latents.config import LineageConfig  # noqa: E402
 from ssae_steps.model import ModelConfig  # noqa: E402
@@ -39,7 +39,7 @@ try:
     ActivationConfig.from_dict(config["activations"])
     _retrieval = RetrievalConfig.from_dict(config["retrieval"])
     TRAINING_PLAN = TrainingPlan.from_dict(config["training"])
-    EvaluationConfig.from_dict(config["evaluation"])
+    EVALUATION_PLAN = EvaluationConfig.from_dict(config["evaluation"])
     DebiasConfig.from_dict({k: v for k, v in config["debias"].items() if k != "enabled"})
     TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
     LineageConfig.from_dict({k: v for k, v in config["lineage"].items() if k != "enabled"})

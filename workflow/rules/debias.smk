@@ -181,6 +181,7 @@ rule debias:
         context_length=config["activations"]["context_length"],
         seed=config["seed"],
         device=DEVICE,
+        primary=as_json(PRIMARY),
         code=code_version("ssae_steps.debias.case_study"),
     threads: JOB_THREADS
     resources:
@@ -195,4 +196,4 @@ rule debias:
         "{PY:q} -m ssae_steps.debias.case_study --params {params.cfg:q} --table {input.table} --saes {params.saes} "
         "--model-dir results/model/hf --hook-layer {params.hook_layer} --context-length {params.context_length} "
         "--training-text {params.texts} --seed {params.seed} --out-dir results/debias --device {params.device} "
-        "--threads {threads} > {log} 2>&1"
+        "--threads {threads} --primary {params.primary:q} > {log} 2>&1"

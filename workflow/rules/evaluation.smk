@@ -32,6 +32,31 @@ SEED_ACTIVATIONS = (
 )
 
 
+# The comparisons stated in advance (evaluation.primary), with the run names the reports
+# use; every report gets the whole family, so each adjusts for the run's number of them.
+def _primary_family():
+    ssae = TRAINING_PLAN.ssae
+    recipe = ssae_recipe(ssae.inits[0], ssae.tilts[0], MAIN_K)
+    term = TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
+    term_runs = None
+    if config["term_study"]["enabled"] and max(term.tilts) > 0:
+        term_runs = tuple(ssae_run(SWEEP_STRATEGY, ssae_recipe("finetune", t, MAIN_K)) for t in (max(term.tilts), 0.0))
+    try:
+        return resolve_primary(
+            EVALUATION_PLAN.primary,
+            strategies=STRATEGIES,
+            ssae_run_of={s: ssae_run(s, recipe) for s in STRATEGIES},
+            gsae_run=gsae_run(MAIN_K),
+            term_runs=term_runs,
+            debias=config["debias"]["enabled"],
+        )
+    except ConfigError as exc:
+        raise WorkflowError(f"invalid config: {exc}")
+
+
+PRIMARY = _primary_family()
+
+
 def eval_json(sae_dir):
     return "results/eval/runs/" + sae_dir.removeprefix("results/sae/") + ".json"
 
@@ -152,6 +177,7 @@ rule evaluation_report:
         comparisons="results/eval/comparisons.csv",
         by_seed="results/eval/metrics_by_seed.csv",
         recall_table="results/eval/recall_by_frequency.csv",
+        capture_differences="results/eval/capture_differences.csv",
         recall=report(
             "results/eval/recall_by_frequency.png",
             caption="../report/eval_recall.rst",
@@ -171,6 +197,8 @@ rule evaluation_report:
         main_k=MAIN_K,
         samples=EVAL["bootstrap_samples"],
         seed=config["seed"],
+        rare=EVAL["tail"]["max_general_frequency"],
+        primary=as_json(PRIMARY),
         code=code_version("ssae_steps.evals.report"),
     conda:
         ENV
@@ -181,7 +209,7 @@ rule evaluation_report:
         "--main-k {params.main_k} --sweep {params.sweep:q} --bootstrap-samples {params.samples} "
         "--seed {params.seed} --out-table {output.table} "
         "--out-pareto {output.pareto} --out-comparison {output.comparison} --out-summary {output.summary} "
-        "--out-recall {output.recall} "
+        "--out-recall {output.recall} --rare-frequency {params.rare} --primary {params.primary:q} "
         "> {log} 2>&1"
 
 

@@ -58,6 +58,7 @@ rule term_study:
         rare=EVAL["tail"]["max_general_frequency"],
         samples=EVAL["bootstrap_samples"],
         seed=config["seed"],
+        primary=as_json(PRIMARY),
         code=code_version("ssae_steps.evals.term_study"),
     conda:
         ENV
@@ -67,4 +68,4 @@ rule term_study:
         "{PY:q} -m ssae_steps.evals.term_study --runs {params.runs:q} --train-logs {params.logs:q} "
         "--baselines {input.baselines} --rare-frequency {params.rare} --bootstrap-samples {params.samples} "
         "--seed {params.seed} --out-table {output.table} --out-plot {output.plot} --out-summary {output.summary} "
-        "> {log} 2>&1"
+        "--primary {params.primary:q} > {log} 2>&1"
