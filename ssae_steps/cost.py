@@ -5,6 +5,10 @@ A job's TSV is the cost of the last run that produced its current outputs, so a 
 that reused earlier results still shows what those results took. Stages are the first
 folder under ``benchmarks/`` (``train_sae``, ``eval``, ``cache_activations`` ...); the
 table lists every job beside them.
+
+With ``reference`` (another run's ``cost.csv``, e.g. the code before a change, run on the
+same machine) the page adds a per-stage comparison: jobs, summed wall and CPU time of both
+runs and their ratio.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from ssae_steps.cli import run, save_figure
 from ssae_steps.files import atomic_path, write_text
@@ -59,8 +63,44 @@ def by_stage(jobs: Any) -> Any:
     return table
 
 
+def against_reference(stages: Any, reference: Any) -> list[str]:
+    """Markdown lines comparing this run's stages (:func:`by_stage`) with a reference run's
+    jobs table (``cost.csv``): jobs, wall and CPU minutes of both and the ratios."""
+    before = by_stage(reference).set_index("stage")
+    now = stages.set_index("stage")
+    names = list(dict.fromkeys([*now.index, *before.index]))
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b and b == b and a == a else ""
+
+    lines = [
+        "| stage | jobs (before → now) | wall min (before → now) | × | CPU min (before → now) | × |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in names:
+        b, n = (before.loc[name] if name in before.index else None), (now.loc[name] if name in now.index else None)
+        jobs = f"{int(b['jobs']) if b is not None else 0} → {int(n['jobs']) if n is not None else 0}"
+        wall_b, wall_n = (float(x["wall_s"]) / 60 if x is not None else 0.0 for x in (b, n))
+        cpu_b, cpu_n = (float(x["cpu_s"]) / 60 if x is not None else 0.0 for x in (b, n))
+        lines.append(
+            f"| {name} | {jobs} | {wall_b:.1f} → {wall_n:.1f} | {ratio(wall_n, wall_b)} | "
+            f"{cpu_b:.1f} → {cpu_n:.1f} | {ratio(cpu_n, cpu_b)} |"
+        )
+    total = {key: (reference[key].sum() / 60, stages[key].sum() / 60) for key in ("wall_s", "cpu_s")}
+    lines.append(
+        f"| **all** | {len(reference)} → {int(stages['jobs'].sum())} | {total['wall_s'][0]:.1f} → "
+        f"{total['wall_s'][1]:.1f} | {ratio(total['wall_s'][1], total['wall_s'][0])} | {total['cpu_s'][0]:.1f} → "
+        f"{total['cpu_s'][1]:.1f} | {ratio(total['cpu_s'][1], total['cpu_s'][0])} |"
+    )
+    return lines
+
+
 def cost_report(
-    out_table: str | Path, out_plot: str | Path, out_summary: str | Path, benchmarks: str | Path = "benchmarks"
+    out_table: str | Path,
+    out_plot: str | Path,
+    out_summary: str | Path,
+    benchmarks: str | Path = "benchmarks",
+    reference: Annotated[Path | None, "another run's cost.csv to compare with, stage by stage"] = None,
 ) -> Any:
     import matplotlib
 
@@ -100,6 +140,17 @@ def cost_report(
         for _, r in stages.iterrows()
     ]
     lines += ["", "Every job: `cost.csv` (from `benchmarks/`)."]
+    if reference is not None:
+        import pandas as pd
+
+        lines += [
+            "",
+            f"## Against `{reference}`",
+            "",
+            "Another run's jobs (the code before a change, say, on the same machine); × = now / before.",
+            "",
+            *against_reference(stages, pd.read_csv(reference)),
+        ]
     write_text(out_summary, "\n".join(lines) + "\n")
     log.info("%d jobs, %.1f min summed wall time", len(jobs), jobs["wall_s"].sum() / 60)
     return stages

@@ -71,6 +71,7 @@ def test_evaluation_schema_and_dataclass_agree() -> None:
     props = SCHEMA["properties"]["evaluation"]["properties"]
     assert set(props) == {f.name for f in dataclasses.fields(EvaluationConfig)}
     defaults = _defaults(EvaluationConfig)
+    defaults["primary"] = [dataclasses.asdict(c) for c in defaults["primary"]]
     assert {k: v["default"] for k, v in props.items() if k != "tail"} == {
         k: v for k, v in defaults.items() if k != "tail"
     }

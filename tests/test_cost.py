@@ -39,3 +39,22 @@ def test_cost_page_sums_jobs_by_stage(tmp_path: Path) -> None:
     assert "4 jobs with a benchmark; summed wall time 11.0 min" in summary
     assert "| train_sae | 2 | 3.8 |" in summary
     assert (out / "cost.png").stat().st_size > 5_000
+
+
+def test_cost_page_compares_with_a_reference_run(tmp_path: Path) -> None:
+    before = tmp_path / "before"
+    _tsv(before / "benchmarks/train_sae/general/k32.tsv", (100.0, 900.0, 200.0))
+    _tsv(before / "benchmarks/eval/runs/general/k32.tsv", (60.0, 900.0, 120.0))
+    cost_report(before / "cost.csv", before / "cost.png", before / "cost.md", benchmarks=before / "benchmarks")
+    now = tmp_path / "now"
+    _tsv(now / "benchmarks/train_sae/general/k32.tsv", (110.0, 900.0, 210.0))
+    _tsv(now / "benchmarks/train_sae/general/k16.tsv", (40.0, 900.0, 50.0))
+    _tsv(now / "benchmarks/debias/debias.tsv", (30.0, 900.0, 60.0))
+    cost_report(now / "cost.csv", now / "cost.png", now / "cost.md", now / "benchmarks", before / "cost.csv")
+    summary = (now / "cost.md").read_text()
+    assert "## Against" in summary
+    # train_sae: 100 s -> 150 s wall, 200 -> 260 s CPU; eval gone; debias new.
+    assert "| train_sae | 1 → 2 | 1.7 → 2.5 | 1.50 | 3.3 → 4.3 | 1.30 |" in summary
+    assert "| eval | 1 → 0 | 1.0 → 0.0 | 0.00 |" in summary
+    assert "| debias | 0 → 1 | 0.0 → 0.5 |  |" in summary
+    assert "| **all** | 2 → 3 | 2.7 → 3.0 | 1.12 |" in summary

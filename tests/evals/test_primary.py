@@ -1,17 +1,14 @@
 """The declared primary comparisons (``evaluation.primary``): validated with the key named,
-resolved to the run names the reports use, the schema's default equal to the code's."""
+resolved to the run names the reports use (the schema's default equals the code's:
+tests/test_config.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
-from ssae_steps.config import ConfigError, to_mapping
+from ssae_steps.config import ConfigError
 from ssae_steps.evals.config import EvaluationConfig, default_primary, resolve_primary
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 RUNS = {s: f"ssae/{s}/finetune-t0-k32" for s in ("seed", "dense", "bm25", "random")}
 
 
@@ -55,9 +52,3 @@ def test_a_comparison_the_run_does_not_make_leaves_the_family_with_a_warning(cap
     family = _resolve(default_primary(), strategies=["seed", "dense"])
     assert len(family) == 8 - 3 and all(p["reference_run"] != "ssae/random/finetune-t0-k32" for p in family)
     assert "evaluation.primary[3] (dense - control: fvu (evaluation)): strategy 'random'" in caplog.text
-
-
-def test_the_schema_default_is_the_code_default() -> None:
-    schema = yaml.safe_load(SCHEMA.read_text())
-    default = schema["properties"]["evaluation"]["properties"]["primary"]["default"]
-    assert default == [to_mapping(c) for c in default_primary()]

@@ -11,6 +11,9 @@ rule cost_report:
         plot=report("results/cost.png", caption="../report/cost.rst", category="5. Cost"),
         summary=report("results/cost.md", caption="../report/cost.rst", category="5. Cost"),
     params:
+        reference=(
+            f"--reference {shlex.quote(config['cost']['reference'])}" if config["cost"]["reference"] else ""
+        ),
         code=code_version("ssae_steps.cost"),
     conda:
         ENV
@@ -18,4 +21,4 @@ rule cost_report:
         "logs/cost_report.log",
     shell:
         "{PY:q} -m ssae_steps.cost --benchmarks benchmarks --out-table {output.table} "
-        "--out-plot {output.plot} --out-summary {output.summary} > {log} 2>&1"
+        "--out-plot {output.plot} --out-summary {output.summary} {params.reference} > {log} 2>&1"
