@@ -202,7 +202,8 @@ def run_variants(
         points += [o.point(data) | {"variant": variant} for o in outcomes]
         tables[variant] = table_1(outcomes, data, cfg, seed)
         # Declared comparisons are of the main (first) variant; the other's rows are exploratory.
-        comparisons[variant] = paired_comparisons(outcomes, data, cfg, seed, family if variant == variants[0] else None)
+        declared = (family or Family()).of_study("debias") if variant == variants[0] else None
+        comparisons[variant] = paired_comparisons(outcomes, data, cfg, seed, declared)
         if variant == variants[0]:
             sparse_rows = sparse_probing(data, runs, cfg)
             sparse = sparse_table(sparse_rows, data, cfg, seed)
@@ -280,9 +281,10 @@ def debias(
             for p in cfg.data.professions for g in ("male", "female")
         }  # fmt: skip
     training = {name: json.loads(Path(path).read_text()) for name, path in (training_text or {}).items()}
+    declared = (family or Family()).of_study("debias")
     write_text(
         out_dir / "summary.md",
-        summary_markdown(tables, comparisons, sparse, counts, main, training)
+        summary_markdown(tables, comparisons, sparse, counts, main, training, declared)
         + f"\nConfig: `{json.dumps(to_mapping(cfg))}`\n",
     )
     return tables

@@ -256,6 +256,7 @@ def summary_markdown(
     counts: dict[str, dict[str, int]],
     main: str,
     training: dict[str, dict[str, Any]] | None = None,
+    family: Family | None = None,
 ) -> str:
     """``summary.md``: documents per group, the SAEs and their training text (``training``:
     SAE name -> the summary of its finetuning text), the Table-1 layout of each variant, the
@@ -329,6 +330,11 @@ def summary_markdown(
             "declared comparison of `evaluation.primary` first, the rest exploratory and never called findings):",
             "",
         ]
+        if variant == main:
+            made = {(r["sae"], r["reference"], PRIMARY_METRIC[r["method"]]) for r in rows}
+            for entry in (family or Family()).primary:
+                if (entry["run"], entry["reference_run"], entry["metric"]) not in made:
+                    lines.append(f"- **primary** {entry['label']}: not computed (no such SAE in this run)")
         for r in sorted(rows, key=lambda r: r["role"] != "primary"):
             lines.append(f"- {comparison_line(r)}")
     lines += [

@@ -6,13 +6,15 @@ A type is *captured* when the latent chosen for it on validation detects it on t
 documents with F1 at least the threshold (``ssae_steps.evals.tail``). Two things are
 sampled: the test documents (the F1 of a type moves with them) and the token types
 themselves (the share is a mean over types that stand for many more). One bootstrap
-resample draws both - document weights ``w`` and type weights ``u``, each a multinomial
+resample draws both - document weights ``w`` (within each held-out set, since detection
+pools the subdomain and general test text) and type weights ``u``, each a multinomial
 draw - and recomputes every type's F1 from its per-document counts (``2 w·tp / (w·fires +
 w·support)``) before taking the ``u``-weighted share; a type that no drawn document
 contains has no test F1 and drops out of that resample, as ``not_on_test`` types do from
 the sample. A paired difference applies the same ``(w, u)`` to both SAEs, and with several
 training seeds pairs seed s with seed s and adds the seeds' spread
-(``ssae_steps.bootstrap.interval_from_draws``).
+(``ssae_steps.bootstrap.interval_from_draws``). Drawing documents and types independently
+counts their interaction's variance in both, so the intervals lean wide, not narrow.
 
 :func:`normalised_cumulative` gives the paper's Fig. 6: types from rarest to commonest, the
 cumulative share of test tokens against the cumulative share of the tokens whose type is
@@ -47,7 +49,9 @@ class TypeCounts:
     """``[types, docs]``: see ``ssae_steps.evals.tail.test_doc_counts``."""
     docs: list[str]
     threshold: float
-    _captured: dict[bytes, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
+    _captured: dict[bytes, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
     """:meth:`captured` per document-weight matrix: every bin and comparison of a report
     resamples the same documents (one seed), so each SAE's F1s are computed once."""
 
@@ -110,20 +114,31 @@ def _check_same(seeds: list[TypeCounts]) -> None:
             raise ValueError("SAEs compared on captured types were scored on different types or test documents")
 
 
+def stratified_weights(docs: list[str], samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``[samples, docs]`` draw counts, each held-out set's documents (the ``set/`` prefix of
+    their keys) resampled within that set, so every resample keeps each set's size."""
+    strata = np.array([d.split("/", 1)[0] for d in docs])
+    weights = np.zeros((samples, len(docs)))
+    for stratum in dict.fromkeys(strata):
+        members = np.flatnonzero(strata == stratum)
+        weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=samples)
+    return weights
+
+
 def type_doc_interval(
-    metrics: list[ShareMetric], n_docs: int, types: np.ndarray, samples: int, seed: int, level: float = LEVEL
+    metrics: list[ShareMetric], docs: list[str], types: np.ndarray, samples: int, seed: int, level: float = LEVEL
 ) -> Interval:
     """Seed mean of ``metrics`` (one per seed, or per seed pair) with its interval over the
-    types selected by the boolean ``types``, documents and those types resampled together
-    (module docstring)."""
-    selected = np.flatnonzero(types)
+    types selected by the boolean ``types``, the test documents (within each held-out set:
+    :func:`stratified_weights`) and those types resampled together (module docstring)."""
+    selected, n_docs = np.flatnonzero(types), len(docs)
     if not metrics or len(selected) < 1 or n_docs < 1:
         return Interval(float("nan"), float("nan"), float("nan"))
     values = np.array([m(np.ones((1, n_docs)), np.ones((1, len(types))))[0] for m in metrics])
     if n_docs < MIN_DOCS or len(selected) < MIN_DOCS:
         return Interval(float(values.mean()), float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    doc_weights = rng.multinomial(n_docs, np.full(n_docs, 1 / n_docs), size=samples).astype(np.float64)
+    doc_weights = stratified_weights(docs, samples, rng)
     type_weights = np.zeros((samples, len(types)))
     type_weights[:, selected] = rng.multinomial(len(selected), np.full(len(selected), 1 / len(selected)), size=samples)
     draws = np.mean([m(doc_weights, type_weights) for m in metrics], axis=0)
@@ -136,7 +151,7 @@ def share_interval(
     """An SAE's captured share of the selected types (mean over its seeds)."""
     _check_same(seeds)
     metrics = [share_metric(c, types) for c in seeds]
-    return type_doc_interval(metrics, len(seeds[0].docs), types, samples, seed, level)
+    return type_doc_interval(metrics, seeds[0].docs, types, samples, seed, level)
 
 
 def _difference(a: ShareMetric, b: ShareMetric) -> ShareMetric:
@@ -150,7 +165,7 @@ def paired_share_difference(
     b_s)``, the same documents and types drawn for both sides."""
     _check_same([c for pair in pairs for c in pair])
     metrics = [_difference(share_metric(a, types), share_metric(b, types)) for a, b in pairs]
-    return type_doc_interval(metrics, len(pairs[0][0].docs), types, samples, seed, level)
+    return type_doc_interval(metrics, pairs[0][0].docs, types, samples, seed, level)
 
 
 def normalised_cumulative(seeds: list[TypeCounts]) -> tuple[np.ndarray, np.ndarray]:

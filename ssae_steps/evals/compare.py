@@ -63,17 +63,24 @@ class Bootstrap:
 
 @dataclass(frozen=True)
 class Family:
-    """The run's primary comparisons (``resolve_primary`` entries) and their number ``m``."""
+    """The run's primary comparisons (``resolve_primary`` entries) and their number ``m``,
+    which sets every primary interval's level: ``size`` stays the run's when
+    :meth:`of_study` keeps only one study's entries."""
 
     primary: tuple[dict[str, Any], ...] = ()
+    run_size: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.primary)
+        return len(self.primary) if self.run_size is None else self.run_size
 
     @property
     def level(self) -> float:
         return family_level(self.size)
+
+    def of_study(self, study: str) -> Family:
+        """The entries of one study (evaluation, term, debias), at the run's family size."""
+        return Family(tuple(p for p in self.primary if p["study"] == study), self.size)
 
     def entry(self, run: str, reference_run: str, set_name: str, metric: str) -> dict[str, Any] | None:
         for p in self.primary:
@@ -325,8 +332,10 @@ def capture_comparisons(
 ) -> Any:
     """Rows like :func:`comparisons` for ``rare_capture``: the captured share of the rare
     evaluated types (general-pool frequency at most ``rare_frequency``), documents and types
-    resampled together (``ssae_steps.evals.capture``), seed s paired with seed s. ``n_docs``
-    counts test documents of both held-out sets, ``n_types`` the rare types."""
+    resampled together (``ssae_steps.evals.capture``; documents within each held-out set,
+    as detection pools both), seed s paired with seed s. ``set`` is ``subdomain`` (the
+    types are the subdomain's); ``n_docs`` counts the test documents of both held-out sets,
+    ``n_types`` the rare types."""
     import pandas as pd
 
     groups = groups if groups is not None else seed_groups(list(loaded))
@@ -382,7 +391,12 @@ def comparison_clause(row: Any) -> str:
     values = f"{row['value']:.4f} vs {row['reference_value']:.4f}{unit}"
     seeds = "" if row.get("training_variance", True) else "; training variance not included (one seed)"
     if math.isnan(row["ci_low"]):
-        return f"{name} {values}: no interval ({row['n_docs']} test documents, fewer than {MIN_DOCS}){seeds}"
+        few = (
+            f"{int(row['n_types'])} rare types"
+            if row["metric"] == "rare_capture" and row.get("n_types", MIN_DOCS) < MIN_DOCS
+            else f"{row['n_docs']} test documents"
+        )
+        return f"{name} {values}: no interval ({few}, fewer than {MIN_DOCS}){seeds}"
     ci = f"{PCT}% CI {row['ci_low']:+.4f} to {row['ci_high']:+.4f}"
     if row.get("role") != "primary":
         return f"{name} {values}, difference {row['difference']:+.4f} ({ci}, unadjusted; exploratory{seeds})"

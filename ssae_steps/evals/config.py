@@ -163,7 +163,8 @@ def resolve_primary(
     the TERM study is off; debias entries need the case study on. A comparison the run does
     not make - its study is off, or a strategy it names (the control is ``random``'s SSAE)
     is not in ``retrieval.strategies`` - is left out of the family, with a warning naming
-    the entry; the family's size, and so every adjustment, is that of the comparisons made."""
+    the entry. A debias entry naming an SAE the case study does not train stays in the family
+    (its summary says "not computed"), so ``m`` then overcounts, which only widens."""
     import logging
 
     family = []
@@ -184,4 +185,9 @@ def resolve_primary(
             family.append({**entry, "run": term_runs[0], "reference_run": term_runs[1]})
         elif c.study == "debias" and debias:
             family.append({**entry, "run": c.sae, "reference_run": c.reference, "set": "main variant"})
+        else:
+            off = "term_study.enabled" if c.study == "term" else "debias.enabled"
+            logging.getLogger("ssae.primary").warning(
+                "%s[%d] (%s): %s is off; left out of the family", where, i, c.label(), off
+            )
     return family

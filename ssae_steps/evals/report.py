@@ -178,7 +178,7 @@ def _bins(frequencies: np.ndarray, rare_frequency: float | None) -> list[tuple[b
     cumulatively also up to ``rare_frequency`` (the rare types) where that is no decade edge."""
     bins = frequency_bins(frequencies)
     edges = [high for _, high in bins]
-    if rare_frequency is not None and not np.isclose(edges, rare_frequency).any():
+    if rare_frequency is not None and not np.isclose(edges, rare_frequency, rtol=1e-9, atol=0).any():
         edges = sorted([*edges, rare_frequency])
     return [(False, low, high, in_frequency_bin(frequencies, low, high, False)) for low, high in bins] + [
         (True, 0.0, high, in_frequency_bin(frequencies, 0.0, high, True)) for high in edges
@@ -318,7 +318,7 @@ def _recall_plot(curves: Any, differences: Any, fig6: dict[str, tuple[np.ndarray
     for label, (x, y) in fig6.items():
         ax.plot(100 * x, y, label=label, drawstyle="steps-post")
     ax.plot([0, 100], [0, 1], color="lightgrey", lw=1, ls=":", label="captured tokens spread evenly")
-    ax.set_xlabel("cumulative % of subdomain test tokens, rarest types first")
+    ax.set_xlabel("cumulative % of the evaluated types' test tokens (both held-out sets), rarest types first")
     ax.set_ylabel("cumulative share of tokens with a captured type (normalised)")
     ax.set_title("Fig. 6 form: normalised per SAE to end at 1", fontsize=10)
     ax.legend(fontsize=8)
@@ -334,7 +334,7 @@ def _recall_plot(curves: Any, differences: Any, fig6: dict[str, tuple[np.ndarray
         ax.set_xscale("log")
     ax.set_xlabel("general-pool frequency of the token type, decade")
     ax.set_ylabel("paired difference of captured share")
-    ax.set_title(f"SSAE - reference, per decade ({PCT}% intervals, unadjusted)", fontsize=10)
+    ax.set_title(f"paired differences of captured share, per decade ({PCT}% intervals, unadjusted)", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -358,7 +358,7 @@ def recall_sentences(curves: Any, rare_frequency: float) -> list[str]:
         + ", ".join(f"{r['label']} {_share(r)}" for _, r in every.iterrows())
         + "."
     )
-    rare = cum[np.isclose(cum["frequency_high"], rare_frequency)]
+    rare = cum[np.isclose(cum["frequency_high"], rare_frequency, rtol=1e-9, atol=0)]
     if not rare.empty:
         lines.append(
             f"Of those, the {int(rare['n_types'].iloc[0])} rare types (general-pool frequency at most "
@@ -403,6 +403,9 @@ def primary_section(compared: Any, family: Family, labels: dict[str, str]) -> li
     verdict; declared ones with no row (a side the run lacks) are said to be missing."""
     lines = []
     for entry in family.primary:
+        if compared.empty:
+            lines.append(f"{entry['label']}: not computed (no such pair in this run).")
+            continue
         rows = compared[
             (compared["run"] == entry["run"])
             & (compared["reference_run"] == entry["reference_run"])
@@ -423,7 +426,7 @@ def primary_section(compared: Any, family: Family, labels: dict[str, str]) -> li
 
 
 def _exploratory(compared: Any) -> Any:
-    return compared[compared["role"] != "primary"] if not compared.empty else compared
+    return compared[compared["role"] != "primary"] if "role" in compared else compared
 
 
 def evaluation_report(
@@ -449,7 +452,9 @@ def evaluation_report(
     matplotlib.use("Agg")
     boot = boot or Bootstrap()
     family = family or Family()
-    mine = Family(tuple(p for p in family.primary if p["study"] == "evaluation"))
+    # Only this report's declared comparisons are primary here (a TERM pair the evaluation
+    # also makes stays exploratory in it), at the run's family size.
+    family = family.of_study("evaluation")
     baselines = json.loads(Path(baselines_path).read_text())
     loaded = load_runs(runs)
     groups = seed_groups(list(loaded))
@@ -526,9 +531,9 @@ def evaluation_report(
         f"debias together). Each gets a family-wise {PCT}% interval (Bonferroni: each at "
         f"{100 * family.level:.2f}%), so all of them",
         "cover together with probability at least 95%; a difference is a finding only when that interval",
-        "excludes zero and both SAEs have two or more training seeds.",
+        "excludes zero and at least two training seeds were paired (seed s with seed s).",
         "",
-        *[f"- {line}" for line in primary_section(compared, mine, labels)],
+        *[f"- {line}" for line in primary_section(compared, family, labels)],
         "",
         "## Exploratory (not findings)",
         "",

@@ -177,7 +177,7 @@ def term_study(
 
     matplotlib.use("Agg")
     boot = boot or Bootstrap()
-    family = family or Family()
+    family = (family or Family()).of_study("term")
     for name in runs:
         if parse_run(name)["family"] == "GSAE":
             raise ValueError(f"{name}: the TERM study takes SSAE runs only")
@@ -212,11 +212,13 @@ def term_study(
         "## Primary comparison (stated in advance)",
         "",
         f"Family-wise {PCT}% interval over the run's {family.size} primary comparisons (Bonferroni; see",
-        "`summary.md`): a finding only when it excludes zero and both sides have two or more seeds.",
+        "`summary.md`): a finding only when it excludes zero and at least two seeds were paired.",
         "",
     ]
-    mine = Family(tuple(p for p in family.primary if p["study"] == "term"))
-    for entry in mine.primary:
+    for entry in family.primary:
+        if compared.empty:
+            lines.append(f"- {entry['label']}: not computed (no such pair in this run).")
+            continue
         rows = compared[(compared["run"] == entry["run"]) & (compared["metric"] == entry["metric"])]
         rows = rows[(rows["reference_run"] == entry["reference_run"]) & (rows["set"] == entry["set"])]
         if rows.empty:
@@ -224,10 +226,10 @@ def term_study(
             continue
         r = rows.iloc[0]
         lines.append(f"- `{r['run']}` vs t=0, {r['set']} ({int(r['n_seeds'])} seeds paired): {comparison_clause(r)}.")
-    if not mine.primary:
+    if not family.primary:
         lines.append("- None declared for the TERM study.")
     lines += ["", "## Against plain ERM at the same k (exploratory, not findings)", ""]
-    exploratory = compared[compared["role"] != "primary"] if not compared.empty else compared
+    exploratory = compared[compared["role"] != "primary"] if "role" in compared else compared
     if exploratory.empty:
         lines.append("No other tilted run to compare.")
     for (run_name, set_name), part in exploratory.groupby(["run", "set"], sort=False):

@@ -13,6 +13,7 @@ from ssae_steps.evals.capture import (
     normalised_cumulative,
     paired_share_difference,
     share_interval,
+    stratified_weights,
 )
 
 N_TYPES, N_DOCS = 60, 40
@@ -106,3 +107,10 @@ def test_normalised_cumulative_curve_by_hand() -> None:
     x, y = normalised_cumulative([counts])
     np.testing.assert_allclose(x, [0.1, 0.3, 1.0])
     np.testing.assert_allclose(y, [1 / 8, 1 / 8, 1.0])
+
+
+def test_documents_are_resampled_within_each_held_out_set() -> None:
+    docs = [f"general/g{i}" for i in range(7)] + [f"subdomain/s{i}" for i in range(3)]
+    weights = stratified_weights(docs, 200, np.random.default_rng(0))
+    assert (weights[:, :7].sum(1) == 7).all() and (weights[:, 7:].sum(1) == 3).all()
+    assert weights[:, 7:].std() > 0  # and within a set the draws vary

@@ -163,11 +163,11 @@ def test_seeds_form_one_row_and_comparisons_pair_them(tmp_path: Path) -> None:
 
 def test_an_imported_gsae_pairs_with_every_seed(tmp_path: Path) -> None:
     runs = {"gsae/k8": planted_run(tmp_path, "gsae", 1.0, 1, 0.3)}
-    for i, tag in enumerate(["", "-s1"]):
+    for i, tag in enumerate(["", "-s1", "-s2"]):
         runs[f"ssae/dense/finetune-t0-k8{tag}"] = planted_run(tmp_path, f"dense{tag}", 0.7, 2 + i, 0.2)
     _, _, compared, _ = _report(tmp_path, runs)
     row = compared[(compared["metric"] == "fvu") & (compared["set"] == "subdomain")].iloc[0]
-    assert row["reference_run"] == "gsae/k8" and row["n_seeds"] == 2 and row["ci_high"] < 0
+    assert row["reference_run"] == "gsae/k8" and row["n_seeds"] == 3 and row["ci_high"] < 0
     # The fixed GSAE has no training variance to include; the SSAE's two seeds carry theirs.
     assert row["training_variance"] and row["role"] == "exploratory" and not row["finding"]
 

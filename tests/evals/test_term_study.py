@@ -36,12 +36,14 @@ def _run(tmp_path: Path, name: str, scale: float, noise: int, captured: list[boo
 
 def test_tilted_runs_against_erm_at_the_same_k(tmp_path: Path) -> None:
     specs = {
-        # ERM at k=8, two seeds; t=10 clearly worse (30% more error) at both seeds but
+        # ERM at k=8, three seeds; t=10 clearly worse (30% more error) at every seed but
         # capturing more rare types; k=4 one seed, t=10 equal to ERM but for noise.
         "ssae/dense/finetune-t0-k8": (1.0, 1, [False, True, False, True, True, True], 1.0),
         "ssae/dense/finetune-t0-k8-s1": (1.05, 2, [False, False, False, True, True, True], 1.0),
+        "ssae/dense/finetune-t0-k8-s2": (0.95, 5, [False, False, False, True, True, True], 1.0),
         "ssae/dense/finetune-t10-k8": (1.3, 3, [True, True, True, True, True, False], 0.4),
         "ssae/dense/finetune-t10-k8-s1": (1.35, 4, [True, True, False, True, True, True], 0.5),
+        "ssae/dense/finetune-t10-k8-s2": (1.25, 6, [True] * 6, 0.45),
         "ssae/dense/finetune-t0-k4": (1.5, 1, [False] * 6, 1.0),
         "ssae/dense/finetune-t10-k4": (1.5, 3, [False] * 6, 0.3),
     }
@@ -74,11 +76,11 @@ def test_tilted_runs_against_erm_at_the_same_k(tmp_path: Path) -> None:
     )
     sub = table[table["set"] == "subdomain"].set_index(["tilt", "k"])
     assert list(sub.index) == [(0.0, 4), (10.0, 4), (0.0, 8), (10.0, 8)]
-    assert sub.loc[(10.0, 8), "n_seeds"] == 2 and sub.loc[(10.0, 4), "n_seeds"] == 1
-    # Rare = general frequency <= 1e-4: types 0-2. Hand counts, mean over the two seeds.
-    assert sub.loc[(0.0, 8), "captured_rare"] == pytest.approx((1 / 3 + 0) / 2)
-    assert sub.loc[(10.0, 8), "captured_rare"] == pytest.approx((1 + 2 / 3) / 2)
-    assert sub.loc[(10.0, 8), "captured_all"] == pytest.approx((5 / 6 + 5 / 6) / 2)
+    assert sub.loc[(10.0, 8), "n_seeds"] == 3 and sub.loc[(10.0, 4), "n_seeds"] == 1
+    # Rare = general frequency <= 1e-4: types 0-2. Hand counts, mean over the three seeds.
+    assert sub.loc[(0.0, 8), "captured_rare"] == pytest.approx((1 / 3 + 0 + 0) / 3)
+    assert sub.loc[(10.0, 8), "captured_rare"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    assert sub.loc[(10.0, 8), "captured_all"] == pytest.approx((5 / 6 + 5 / 6 + 1) / 3)
     assert sub.loc[(10.0, 8), "n_types_rare"] == 3
     assert sub.loc[(10.0, 8), "tilt_ess"] == pytest.approx(0.45) and sub.loc[(0.0, 4), "tilt_ess"] == 1.0
     assert sub.loc[(10.0, 8), "tail_upweight"] == pytest.approx(3.0) and np.isnan(sub.loc[(0.0, 8), "tail_upweight"])
@@ -89,17 +91,18 @@ def test_tilted_runs_against_erm_at_the_same_k(tmp_path: Path) -> None:
     assert fvu.loc["ssae/dense/finetune-t10-k8", "reference_run"] == "ssae/dense/finetune-t0-k8"
     declared_fvu = fvu.loc["ssae/dense/finetune-t10-k8"]
     assert declared_fvu["role"] == "primary" and declared_fvu["finding"] and declared_fvu["family_ci_low"] > 0
-    assert declared_fvu["n_seeds"] == 2
+    assert declared_fvu["n_seeds"] == 3
     assert fvu.loc["ssae/dense/finetune-t10-k4", "role"] == "exploratory"
     assert not fvu.loc["ssae/dense/finetune-t10-k4", "finding"]
-    # Rare-type capture, declared too: t=10 (1 + 2/3) / 2 against ERM (1/3 + 0) / 2 over three
-    # rare types - too few to resample (fewer than 5), so no interval and no finding.
+    # Rare-type capture, declared too: t=10 8/9 against ERM 1/9 over three rare types - too
+    # few to resample (fewer than 5), so no interval and no finding, and the summary says why.
     rare = compared[compared["metric"] == "rare_capture"].set_index("run").loc["ssae/dense/finetune-t10-k8"]
-    assert rare["value"] == pytest.approx(5 / 6) and rare["reference_value"] == pytest.approx(1 / 6)
+    assert rare["value"] == pytest.approx(8 / 9) and rare["reference_value"] == pytest.approx(1 / 9)
     assert rare["role"] == "primary" and not rare["finding"] and np.isnan(rare["ci_low"])
     summary = (out / "term.md").read_text()
     primary = summary.split("## Primary comparison")[1].split("## Against plain ERM")[0]
-    assert "`ssae/dense/finetune-t10-k8` vs t=0, subdomain (2 seeds paired): FVU" in primary and "higher" in primary
+    assert "`ssae/dense/finetune-t10-k8` vs t=0, subdomain (3 seeds paired): FVU" in primary and "higher" in primary
+    assert "no interval (3 rare types, fewer than 5)" in primary
     assert "m = 2" in primary
     exploratory = summary.split("## Against plain ERM")[1]
     assert "t=10, k=4, subdomain (1 seed): FVU" in exploratory and "training variance not included" in exploratory
