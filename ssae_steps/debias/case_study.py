@@ -71,7 +71,7 @@ from ssae_steps.debias.probes import (
     train_probe,
 )
 from ssae_steps.debias.report import paired_comparisons, plot_results, sparse_table, summary_markdown, table_1
-from ssae_steps.evals.compare import Family
+from ssae_steps.evals.family import Family
 from ssae_steps.files import atomic_path, write_text
 
 log = logging.getLogger("ssae.debias")

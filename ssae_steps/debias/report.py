@@ -14,7 +14,7 @@ from ssae_steps.bootstrap import Interval, paired_seed_difference, seed_interval
 from ssae_steps.cli import save_figure
 from ssae_steps.debias.config import DebiasConfig
 from ssae_steps.debias.probes import CaseData, Outcome, accuracy_metric, worst_group_metric
-from ssae_steps.evals.compare import Family, judged
+from ssae_steps.evals.family import Family, judged
 
 # The SSAE paper's Table 1 (Pythia-70M, Bias in Bios professor vs nurse): profession, gender,
 # worst-group accuracy in %, for reference beside ours (a different model and data).

@@ -14,16 +14,7 @@ The ``random`` strategy's SSAE - the GSAE finetuned for the same steps and token
 general pool text with no seed documents - is the matched-compute control, labelled
 ``control`` (run names are parsed by ``ssae_steps.sae.runs``).
 
-Primary and exploratory: the comparisons stated in advance (``evaluation.primary``, resolved
-by ``ssae_steps.evals.config.resolve_primary``) get a family-wise interval besides the 95%
-one - Bonferroni, each at ``1 - 0.05/m`` for the ``m`` primary comparisons of the whole run
-(evaluation, TERM study and debias together), so all of them cover at once with probability
-at least 95%. Only a primary comparison of at least two paired training seeds can be a
-*finding*, and only when its family-wise interval excludes zero. Every other row is
-exploratory: its unadjusted interval is shown and it is never called a finding; with a
-single-seed side it says "training variance not included". (An imported GSAE is one fixed
-SAE: paired with every seed of an SSAE, the comparison carries the SSAE's training variance,
-and there is none on the GSAE's side to carry.)
+Each row is judged primary or exploratory by ``ssae_steps.evals.family``.
 """
 
 from __future__ import annotations
@@ -37,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ssae_steps.bootstrap import LEVEL, MIN_DOCS, Interval, family_level, paired_seed_difference, seed_interval
+from ssae_steps.bootstrap import LEVEL, MIN_DOCS, paired_seed_difference, seed_interval
 from ssae_steps.evals.capture import TypeCounts, captured_share, paired_share_difference
+from ssae_steps.evals.family import Family, judged
 from ssae_steps.evals.per_doc import doc_metrics, per_doc_path, read_per_doc
 from ssae_steps.evals.tail import is_rare
 from ssae_steps.sae.runs import parse_run, seed_groups, suffix_of
@@ -59,53 +51,6 @@ PCT = round(100 * LEVEL)
 class Bootstrap:
     samples: int = 1000
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Family:
-    """The run's primary comparisons (``resolve_primary`` entries) and their number ``m``,
-    which sets every primary interval's level: ``size`` stays the run's when
-    :meth:`of_study` keeps only one study's entries."""
-
-    primary: tuple[dict[str, Any], ...] = ()
-    run_size: int | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.primary) if self.run_size is None else self.run_size
-
-    @property
-    def level(self) -> float:
-        return family_level(self.size)
-
-    def of_study(self, study: str) -> Family:
-        """The entries of one study (evaluation, term, debias), at the run's family size."""
-        return Family(tuple(p for p in self.primary if p["study"] == study), self.size)
-
-    def entry(self, run: str, reference_run: str, set_name: str, metric: str) -> dict[str, Any] | None:
-        for p in self.primary:
-            if (p["run"], p["reference_run"], p["set"], p["metric"]) == (run, reference_run, set_name, metric):
-                return p
-        return None
-
-
-def judged(row: dict[str, Any], family: Family, seed_pairs: int, family_interval: Interval | None) -> dict[str, Any]:
-    """``row`` with its role: ``primary`` (with ``family_ci_low/high`` at the family's level)
-    or ``exploratory``; ``training_variance`` whether two or more seed pairs were compared
-    (so both sides' training randomness is in the interval; an imported GSAE, one fixed SAE
-    paired with every seed, has none to include); ``finding`` only for a primary row with
-    training variance whose family-wise interval excludes zero."""
-    training_variance = seed_pairs >= 2
-    primary = family_interval is not None
-    return {
-        **row,
-        "role": "primary" if primary else "exploratory",
-        "family_size": family.size,
-        "family_ci_low": family_interval.low if primary else math.nan,
-        "family_ci_high": family_interval.high if primary else math.nan,
-        "training_variance": training_variance,
-        "finding": bool(primary and training_variance and family_interval.excludes_zero()),
-    }
 
 
 def _labels(parts: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -34,7 +34,6 @@ from ssae_steps.evals.capture import share_interval
 from ssae_steps.evals.compare import (
     PCT,
     Bootstrap,
-    Family,
     capture_comparisons,
     comparison_clause,
     comparisons,
@@ -43,6 +42,7 @@ from ssae_steps.evals.compare import (
     metrics_table,
     type_counts,
 )
+from ssae_steps.evals.family import Family
 from ssae_steps.evals.tail import is_rare
 from ssae_steps.files import atomic_path, write_text
 from ssae_steps.sae.runs import parse_run, seed_groups

@@ -22,7 +22,7 @@ from ssae_steps.debias.case_study import run_case_study, run_variants
 from ssae_steps.debias.config import DebiasConfig
 from ssae_steps.debias.probes import CaseData, Outcome, delete_gendered_words, sparse_probe
 from ssae_steps.debias.report import choose_n, comparison_line, paired_comparisons, summary_markdown
-from ssae_steps.evals.compare import Family
+from ssae_steps.evals.family import Family
 
 
 def planted(n: int = 400, seed: int = 0, female_latent: float = 3.0, hidden_gender: float = 0.0):

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssae_steps.evals.compare import Bootstrap, Family
-from ssae_steps.evals.report import evaluation_report, frequency_bins, in_frequency_bin
+from ssae_steps.evals.compare import Bootstrap
+from ssae_steps.evals.family import Family
+from ssae_steps.evals.frequency_report import frequency_bins, in_frequency_bin
+from ssae_steps.evals.report import evaluation_report
 from tests.evals.planted import N_DOCS, planted_run, planted_types
 
 DENSE_VS_GSAE_FVU = {

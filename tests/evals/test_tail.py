@@ -15,7 +15,7 @@ from ssae_steps.activations.sets import write_activation_set
 from ssae_steps.data.splits import heldout_part
 from ssae_steps.evals.compare import Bootstrap
 from ssae_steps.evals.config import TailConfig
-from ssae_steps.evals.report import frequency_bins, in_frequency_bin, recall_by_frequency
+from ssae_steps.evals.frequency_report import frequency_bins, in_frequency_bin, recall_by_frequency
 from ssae_steps.evals.tail import is_rare, tail_tokens, type_detection, write_tail_table
 from ssae_steps.evals.term_study import captured_type_share
 from tests.evals.planted import planted_types

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from ssae_steps.config import ConfigError
-from ssae_steps.evals.compare import Bootstrap, Family
+from ssae_steps.evals.compare import Bootstrap
 from ssae_steps.evals.config import TermStudyConfig
+from ssae_steps.evals.family import Family
 from ssae_steps.evals.term_study import term_study
 from tests.evals.planted import planted_run, planted_types
 
