@@ -124,7 +124,7 @@ def paired_comparisons(
     """Worst-group accuracy of SAE a minus SAE b (:func:`compared_pairs`) for SHIFT and
     SHIFT + retrain, each at its validation-chosen N, paired over test documents and
     training seeds (seed s with seed s). ``family``: the primary comparisons that apply to
-    this variant (``ssae_steps.evals.compare.judged``); every other row is exploratory."""
+    this variant (``ssae_steps.evals.family.judged``); every other row is exploratory."""
     family = family or Family()
     lt, gt = data.label[data.test], data.gender[data.test]
     chosen = choose_n(outcomes, data)
