@@ -201,7 +201,11 @@ def test_end_to_end_on_tiny_model(local_run: Path) -> None:
     assert (metrics["tail_concepts"] == len(tail)).all()
     summary = (evals / "summary.md").read_text()
     assert "FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2" in summary and "Best SSAE" in summary
-    assert "vs control" in summary and "95% CI of the difference" in summary
+    assert "vs control" in summary and "unadjusted; exploratory" in summary
+    # The declared comparisons come first, each with its family-wise interval (or "not
+    # computed" where the test config lacks a side).
+    primary = summary.split("## Primary comparisons")[1].split("## Exploratory")[0]
+    assert "family-wise 95% CI" in primary or "not computed" in primary
     assert (evals / "pareto.png").stat().st_size > 10_000 and (evals / "comparison.png").stat().st_size > 10_000
     assert "## Latent" in (evals / "top_latents.md").read_text()
 
@@ -612,7 +616,11 @@ def test_term_study_trains_each_tilt_and_compares_it_with_erm(local_run: Path) -
     jobs = planned_jobs(snakemake(local_run, "--configfile", str(changed), "-n"))
     jobs.pop("all", None)
     # New: t=1 at k=8 and k=4; t=0 at both k are the main and sweep SSAEs already trained.
-    assert jobs == {"train_ssae": 2, "evaluate_sae": 2, "term_study": 1, "cost_report": 1}
+    # The declared TERM comparison joins the family (m grows by one), so the reports with
+    # declared comparisons recompute their family-wise intervals.
+    debias = config["debias"].get("enabled", True)
+    family = {"evaluation_report": 1, "debias": 1} if debias else {"evaluation_report": 1}
+    assert jobs == {"train_ssae": 2, "evaluate_sae": 2, "term_study": 1, "cost_report": 1, **family}
     result = snakemake(local_run, "--configfile", str(changed), "--cores", "2", "results/eval/term_study.md")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(local_run / "results/eval/term_study.csv")
