@@ -267,6 +267,24 @@ def type_counts(result: dict[str, Any]) -> TypeCounts | None:
     return result["_type_counts"]
 
 
+def seed_type_counts(results: list[dict[str, Any]]) -> list[TypeCounts] | None:
+    """:func:`type_counts` of each seed's evaluation JSON; None if any lacks them."""
+    counts = [type_counts(r) for r in results]
+    return None if any(c is None for c in counts) else counts  # type: ignore[return-value]
+
+
+def paired_type_counts(
+    loaded: dict[str, tuple[dict, dict]], run: str, reference: str, groups: dict[str, list[str]]
+) -> list[tuple[TypeCounts, TypeCounts]] | None:
+    """:func:`type_counts` of each seed pair (:func:`seed_pairs`) of two SAEs; None when no
+    seed is shared or a side lacks them."""
+    matched = seed_pairs(groups[run], groups[reference])
+    sides = [seed_type_counts([loaded[a][0], loaded[b][0]]) for a, b in matched]
+    if not matched or any(side is None for side in sides):
+        return None
+    return [(a, b) for a, b in sides]  # type: ignore[misc]
+
+
 def capture_comparisons(
     loaded: dict[str, tuple[dict, dict]],
     pairs: list[tuple[str, str, str]],
@@ -287,30 +305,29 @@ def capture_comparisons(
     family = family or Family()
     rows = []
     for run, ref_label, ref in pairs:
-        matched = seed_pairs(groups[run], groups[ref])
-        counts = [(type_counts(loaded[a][0]), type_counts(loaded[b][0])) for a, b in matched]
-        if not matched or any(a is None or b is None for a, b in counts):
+        counts = paired_type_counts(loaded, run, ref, groups)
+        if counts is None:
             continue
         rare = is_rare(counts[0][0].frequency, rare_frequency)
-        diff = paired_share_difference(counts, rare, boot.samples, boot.seed)  # type: ignore[arg-type]
+        diff = paired_share_difference(counts, rare, boot.samples, boot.seed)
         primary = family.entry(run, ref, "subdomain", "rare_capture")
-        wide = paired_share_difference(counts, rare, boot.samples, boot.seed, family.level) if primary else None  # type: ignore[arg-type]
+        wide = paired_share_difference(counts, rare, boot.samples, boot.seed, family.level) if primary else None
         row = {
             "run": run,
             "reference": ref_label,
             "reference_run": ref,
             "set": "subdomain",
             "metric": "rare_capture",
-            "value": float(np.mean([captured_share(a, rare) for a, _ in counts])),  # type: ignore[arg-type]
-            "reference_value": float(np.mean([captured_share(b, rare) for _, b in counts])),  # type: ignore[arg-type]
+            "value": float(np.mean([captured_share(a, rare) for a, _ in counts])),
+            "reference_value": float(np.mean([captured_share(b, rare) for _, b in counts])),
             "difference": diff.estimate,
             "ci_low": diff.low,
             "ci_high": diff.high,
-            "n_docs": len(counts[0][0].docs),  # type: ignore[union-attr]
-            "n_seeds": len(matched),
+            "n_docs": len(counts[0][0].docs),
+            "n_seeds": len(counts),
             "n_types": int(rare.sum()),
         }
-        rows.append(judged(row, family, len(matched), wide))
+        rows.append(judged(row, family, len(counts), wide))
     return pd.DataFrame(rows)
 
 

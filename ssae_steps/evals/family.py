@@ -62,3 +62,22 @@ def judged(row: dict[str, Any], family: Family, seed_pairs: int, family_interval
         "training_variance": training_variance,
         "finding": bool(primary and training_variance and family_interval.excludes_zero()),
     }
+
+
+def declared_row(compared: Any, entry: dict[str, Any]) -> Any | None:
+    """The row of a comparisons table (``run``, ``reference_run``, ``set``, ``metric``
+    columns) that a declared ``entry`` names, or None when the run made no such comparison."""
+    if compared.empty:
+        return None
+    rows = compared[
+        (compared["run"] == entry["run"])
+        & (compared["reference_run"] == entry["reference_run"])
+        & (compared["set"] == entry["set"])
+        & (compared["metric"] == entry["metric"])
+    ]
+    return None if rows.empty else rows.iloc[0]
+
+
+def exploratory(compared: Any) -> Any:
+    """The rows of a comparisons table that are not primary."""
+    return compared[compared["role"] != "primary"] if "role" in compared else compared

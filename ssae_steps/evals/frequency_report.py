@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ssae_steps.cli import save_figure
-from ssae_steps.evals.capture import TypeCounts, normalised_cumulative, paired_share_difference, share_interval
-from ssae_steps.evals.compare import PCT, Bootstrap, seed_pairs, type_counts
+from ssae_steps.evals.capture import normalised_cumulative, paired_share_difference, share_interval
+from ssae_steps.evals.compare import PCT, Bootstrap, paired_type_counts, seed_type_counts
 from ssae_steps.evals.tail import is_rare
 
 
@@ -48,11 +48,6 @@ def in_frequency_bin(frequencies: np.ndarray, low: float, high: float, cumulativ
         return frequencies == 0
     rare = is_rare(frequencies, high)
     return rare if cumulative else (frequencies > low) & rare
-
-
-def _seed_counts(loaded: dict[str, tuple[dict, dict]], names: list[str]) -> list[TypeCounts] | None:
-    counts = [type_counts(loaded[name][0]) for name in names]
-    return None if any(c is None for c in counts) else counts  # type: ignore[return-value]
 
 
 def _bins(frequencies: np.ndarray, rare_frequency: float | None) -> list[tuple[bool, float, float, np.ndarray]]:
@@ -87,7 +82,7 @@ def recall_by_frequency(
     runs = table[table["k"] == main_k].drop_duplicates("run")
     rows = []
     for _, r in runs.iterrows():
-        seeds = _seed_counts(loaded, groups[r["run"]])
+        seeds = seed_type_counts([loaded[name][0] for name in groups[r["run"]]])
         if seeds is None:
             continue
         first = loaded[groups[r["run"]][0]][0]["types"]
@@ -126,18 +121,17 @@ def capture_differences(
     for name, ref_label, ref in pairs:
         if ref_label not in ("GSAE", "control"):
             continue
-        matched = seed_pairs(groups[name], groups[ref])
-        counts = [(type_counts(loaded[a][0]), type_counts(loaded[b][0])) for a, b in matched]
-        if not matched or any(a is None or b is None for a, b in counts):
+        counts = paired_type_counts(loaded, name, ref, groups)
+        if counts is None:
             continue
-        for cumulative, low, high, mask in _bins(counts[0][0].frequency, None):  # type: ignore[union-attr]
-            diff = paired_share_difference(counts, mask, boot.samples, boot.seed)  # type: ignore[arg-type]
+        for cumulative, low, high, mask in _bins(counts[0][0].frequency, None):
+            diff = paired_share_difference(counts, mask, boot.samples, boot.seed)
             rows.append(
                 {
                     "run": name,
                     "reference": ref_label,
                     "reference_run": ref,
-                    "n_seeds": len(matched),
+                    "n_seeds": len(counts),
                     "cumulative": cumulative,
                     "frequency_low": 0.0 if cumulative else low,
                     "frequency_high": high,
@@ -156,7 +150,7 @@ def fig6_curves(
     """Label -> the paper's Fig. 6 curve (``capture.normalised_cumulative``) per SAE at the main k."""
     out = {}
     for _, r in table[table["k"] == main_k].drop_duplicates("run").iterrows():
-        seeds = _seed_counts(loaded, groups[r["run"]])
+        seeds = seed_type_counts([loaded[name][0] for name in groups[r["run"]]])
         if seeds is not None:
             out[r["label"]] = normalised_cumulative(seeds)
     return out

@@ -40,7 +40,7 @@ from ssae_steps.evals.compare import (
     metrics_table,
     seeds_text,
 )
-from ssae_steps.evals.family import Family
+from ssae_steps.evals.family import Family, declared_row, exploratory
 from ssae_steps.evals.frequency_report import (
     capture_differences,
     fig6_curves,
@@ -172,19 +172,10 @@ def primary_section(compared: Any, family: Family, labels: dict[str, str]) -> li
     verdict; declared ones with no row (a side the run lacks) are said to be missing."""
     lines = []
     for entry in family.primary:
-        if compared.empty:
+        r = declared_row(compared, entry)
+        if r is None:
             lines.append(f"{entry['label']}: not computed (no such pair in this run).")
             continue
-        rows = compared[
-            (compared["run"] == entry["run"])
-            & (compared["reference_run"] == entry["reference_run"])
-            & (compared["metric"] == entry["metric"])
-            & (compared["set"] == entry["set"])
-        ]
-        if rows.empty:
-            lines.append(f"{entry['label']}: not computed (no such pair in this run).")
-            continue
-        r = rows.iloc[0]
         n = int(r["n_types"]) if "n_types" in r and not math.isnan(r["n_types"]) else None
         what = f"{n} rare types, " if n is not None and r["metric"] == "rare_capture" else ""
         lines.append(
@@ -192,10 +183,6 @@ def primary_section(compared: Any, family: Family, labels: dict[str, str]) -> li
             f"({what}{int(r['n_docs'])} documents, {seeds_text(int(r['n_seeds']))}): {comparison_clause(r)}."
         )
     return lines
-
-
-def _exploratory(compared: Any) -> Any:
-    return compared[compared["role"] != "primary"] if "role" in compared else compared
 
 
 def evaluation_report(
@@ -311,7 +298,7 @@ def evaluation_report(
         "",
         *[f"- {line}" for line in findings(table, main_k)],
         *[f"- {line}" for line in recall_sentences(curves, rare_frequency)],
-        *[f"- {line}" for line in comparison_sentences(table, _exploratory(compared))],
+        *[f"- {line}" for line in comparison_sentences(table, exploratory(compared))],
         "",
         f"## All SAEs at k={main_k} (estimate [{PCT}% interval])",
         "",

@@ -40,9 +40,9 @@ from ssae_steps.evals.compare import (
     interval_text,
     load_runs,
     metrics_table,
-    type_counts,
+    seed_type_counts,
 )
-from ssae_steps.evals.family import Family
+from ssae_steps.evals.family import Family, declared_row, exploratory
 from ssae_steps.evals.tail import is_rare
 from ssae_steps.files import atomic_path, write_text
 from ssae_steps.sae.runs import parse_run, seed_groups
@@ -56,15 +56,15 @@ def captured_type_share(
     """The captured share of all evaluated types (``part`` "all") or of the rare ones
     (:func:`~ssae_steps.evals.tail.is_rare`: general-pool frequency at most
     ``rare_frequency``), seed mean, documents and types resampled together."""
-    seeds = [type_counts(r) for r in results]
+    seeds = seed_type_counts(results)
     empty = {f"captured_{part}": math.nan, f"captured_{part}_ci_low": math.nan, f"captured_{part}_ci_high": math.nan}
-    if any(c is None for c in seeds):
+    if seeds is None:
         return empty
-    frequency = seeds[0].frequency  # type: ignore[union-attr]
+    frequency = seeds[0].frequency
     types = is_rare(frequency, rare_frequency) if part == "rare" else np.ones(len(frequency), dtype=bool)
     if not types.any():
         return empty
-    ci = share_interval(seeds, types, boot.samples, boot.seed)  # type: ignore[arg-type]
+    ci = share_interval(seeds, types, boot.samples, boot.seed)
     return {
         f"captured_{part}": ci.estimate,
         f"captured_{part}_ci_low": max(ci.low, 0.0),  # a share lies in [0, 1]
@@ -216,23 +216,18 @@ def term_study(
         "",
     ]
     for entry in family.primary:
-        if compared.empty:
+        r = declared_row(compared, entry)
+        if r is None:
             lines.append(f"- {entry['label']}: not computed (no such pair in this run).")
             continue
-        rows = compared[(compared["run"] == entry["run"]) & (compared["metric"] == entry["metric"])]
-        rows = rows[(rows["reference_run"] == entry["reference_run"]) & (rows["set"] == entry["set"])]
-        if rows.empty:
-            lines.append(f"- {entry['label']}: not computed (no such pair in this run).")
-            continue
-        r = rows.iloc[0]
         lines.append(f"- `{r['run']}` vs t=0, {r['set']} ({int(r['n_seeds'])} seeds paired): {comparison_clause(r)}.")
     if not family.primary:
         lines.append("- None declared for the TERM study.")
     lines += ["", "## Against plain ERM at the same k (exploratory, not findings)", ""]
-    exploratory = compared[compared["role"] != "primary"] if "role" in compared else compared
-    if exploratory.empty:
+    others = exploratory(compared)
+    if others.empty:
         lines.append("No other tilted run to compare.")
-    for (run_name, set_name), part in exploratory.groupby(["run", "set"], sort=False):
+    for (run_name, set_name), part in others.groupby(["run", "set"], sort=False):
         r = table[(table["run"] == run_name) & (table["set"] == set_name)].iloc[0]
         n = int(part["n_seeds"].iloc[0])
         lines.append(
