@@ -70,16 +70,17 @@ def test_dry_run_lists_stages_of_default_config(tmp_path: Path) -> None:
     assert counts["cache_selected_activations"] == 4
     # k=32 (no k_sweep by default), three training seeds: seeds 1 and 2 repeat the GSAE,
     # the dense SSAE and the control (training.seed_strategies). The TERM study (on by
-    # default) adds its nonzero tilts at k=32 for seeds 0, 1 and 2 (t=0 is the main run),
-    # and every tilt at k=16 from a k=16 GSAE (not itself evaluated).
+    # default) adds its nonzero tilts at k=32 for seeds 0, 1 and 2 (t=0 is the main run);
+    # config.yaml turns off its extra k (extra_ks: []), so no second GSAE.
     term = yaml.safe_load((REPO / "config.yaml").read_text())["term_study"]
     tilts = term["tilts"]
     assert 0 in tilts and len(tilts) >= 3 and term.get("seeds", 3) == 3
-    term_ssaes = (len(tilts) - 1) * 3 + len(tilts)
-    assert counts["train_gsae"] == 3 + 1
+    assert term["extra_ks"] == []
+    term_ssaes = (len(tilts) - 1) * 3
+    assert counts["train_gsae"] == 3
     assert counts["train_ssae"] == 4 + 2 * 2 + term_ssaes  # per strategy: finetuned, t=0 (the paper's recipe)
     assert counts["training_report"] == 1
-    assert counts["evaluate_sae"] == 3 + 4 + 2 * 2 + term_ssaes  # every SAE but the k=16 GSAE
+    assert counts["evaluate_sae"] == 3 + 4 + 2 * 2 + term_ssaes
     assert counts["term_study"] == 1
     for rule in ("tail_concepts", "eval_baselines", "evaluation_report", "top_latents", "lineage"):
         assert counts[rule] == 1, rule
