@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ssae_steps.bootstrap import LEVEL, MIN_DOCS, paired_seed_difference, seed_interval
+from ssae_steps.bootstrap import LEVEL, MIN_DOCS, Interval, paired_seed_difference, seed_interval
 from ssae_steps.evals.capture import TypeCounts, captured_share, paired_share_difference
 from ssae_steps.evals.family import Family, judged
 from ssae_steps.evals.per_doc import doc_metrics, per_doc_path, read_per_doc
@@ -205,6 +207,40 @@ def seed_pairs(runs: list[str], references: list[str]) -> list[tuple[str, str]]:
     return [(run, by_tag[suffix_of(run)]) for run in runs if suffix_of(run) in by_tag]
 
 
+def _judged_row(
+    pair: tuple[str, str, str],
+    set_name: str,
+    metric: str,
+    values: tuple[float, float],
+    interval_at: Callable[[float], Interval],
+    n_docs: int,
+    n_seeds: int,
+    family: Family,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One comparison row: both values, the difference's interval (``interval_at(level)``)
+    at 95% and, for a declared comparison, at the family's level (:func:`judged`)."""
+    run, ref_label, ref = pair
+    diff = interval_at(LEVEL)
+    wide = interval_at(family.level) if family.entry(run, ref, set_name, metric) else None
+    row = {
+        "run": run,
+        "reference": ref_label,
+        "reference_run": ref,
+        "set": set_name,
+        "metric": metric,
+        "value": values[0],
+        "reference_value": values[1],
+        "difference": diff.estimate,
+        "ci_low": diff.low,
+        "ci_high": diff.high,
+        "n_docs": n_docs,
+        "n_seeds": n_seeds,
+        **extra,
+    }
+    return judged(row, family, n_seeds, wide)
+
+
 def comparisons(
     loaded: dict[str, tuple[dict, dict]],
     pairs: list[tuple[str, str, str]],
@@ -221,38 +257,25 @@ def comparisons(
     groups = groups if groups is not None else seed_groups(list(loaded))
     family = family or Family()
     rows = []
-    for run, ref_label, ref in pairs:
+    for pair in pairs:
+        run, _, ref = pair
         matched = seed_pairs(groups[run], groups[ref])
         if not matched:
             log.warning("%s vs %s: no training seed in common, not compared", run, ref)
             continue
         for set_name in loaded[run][1]:
-            _same_documents(loaded, [n for pair in matched for n in pair], set_name)
+            _same_documents(loaded, [n for names in matched for n in names], set_name)
             n_docs = len(loaded[run][1][set_name])
             fns = [(doc_metrics(loaded[a][1][set_name]), doc_metrics(loaded[b][1][set_name])) for a, b in matched]
             ones = np.ones((1, n_docs))
             for metric in COMPARED:
                 pair_fns = [(a[metric], b[metric]) for a, b in fns]
-                diff = paired_seed_difference(pair_fns, n_docs, boot.samples, boot.seed)
-                primary = family.entry(run, ref, set_name, metric)
-                wide = (
-                    paired_seed_difference(pair_fns, n_docs, boot.samples, boot.seed, family.level) if primary else None
+                values = (
+                    float(np.mean([a(ones)[0] for a, _ in pair_fns])),
+                    float(np.mean([b(ones)[0] for _, b in pair_fns])),
                 )
-                row = {
-                    "run": run,
-                    "reference": ref_label,
-                    "reference_run": ref,
-                    "set": set_name,
-                    "metric": metric,
-                    "value": float(np.mean([a[metric](ones)[0] for a, _ in fns])),
-                    "reference_value": float(np.mean([b[metric](ones)[0] for _, b in fns])),
-                    "difference": diff.estimate,
-                    "ci_low": diff.low,
-                    "ci_high": diff.high,
-                    "n_docs": n_docs,
-                    "n_seeds": len(matched),
-                }
-                rows.append(judged(row, family, len(matched), wide))
+                interval_at = partial(paired_seed_difference, pair_fns, n_docs, boot.samples, boot.seed)
+                rows.append(_judged_row(pair, set_name, metric, values, interval_at, n_docs, len(matched), family))
     return pd.DataFrame(rows)
 
 
@@ -304,31 +327,44 @@ def capture_comparisons(
     groups = groups if groups is not None else seed_groups(list(loaded))
     family = family or Family()
     rows = []
-    for run, ref_label, ref in pairs:
-        counts = paired_type_counts(loaded, run, ref, groups)
+    for pair in pairs:
+        counts = paired_type_counts(loaded, pair[0], pair[2], groups)
         if counts is None:
             continue
         rare = is_rare(counts[0][0].frequency, rare_frequency)
-        diff = paired_share_difference(counts, rare, boot.samples, boot.seed)
-        primary = family.entry(run, ref, "subdomain", "rare_capture")
-        wide = paired_share_difference(counts, rare, boot.samples, boot.seed, family.level) if primary else None
-        row = {
-            "run": run,
-            "reference": ref_label,
-            "reference_run": ref,
-            "set": "subdomain",
-            "metric": "rare_capture",
-            "value": float(np.mean([captured_share(a, rare) for a, _ in counts])),
-            "reference_value": float(np.mean([captured_share(b, rare) for _, b in counts])),
-            "difference": diff.estimate,
-            "ci_low": diff.low,
-            "ci_high": diff.high,
-            "n_docs": len(counts[0][0].docs),
-            "n_seeds": len(counts),
-            "n_types": int(rare.sum()),
-        }
-        rows.append(judged(row, family, len(counts), wide))
+        values = (
+            float(np.mean([captured_share(a, rare) for a, _ in counts])),
+            float(np.mean([captured_share(b, rare) for _, b in counts])),
+        )
+        interval_at = partial(paired_share_difference, counts, rare, boot.samples, boot.seed)
+        n_docs, n_types = len(counts[0][0].docs), int(rare.sum())
+        row = _judged_row(
+            pair, "subdomain", "rare_capture", values, interval_at, n_docs, len(counts), family, n_types=n_types
+        )
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def all_comparisons(
+    loaded: dict[str, tuple[dict, dict]],
+    pairs: list[tuple[str, str, str]],
+    rare_frequency: float,
+    boot: Bootstrap,
+    groups: dict[str, list[str]] | None = None,
+    family: Family | None = None,
+) -> Any:
+    """Every comparison row of ``pairs``: :func:`comparisons` (metrics over test documents),
+    then :func:`capture_comparisons` (rare-type capture)."""
+    import pandas as pd
+
+    groups = groups if groups is not None else seed_groups(list(loaded))
+    return pd.concat(
+        [
+            comparisons(loaded, pairs, boot, groups, family),
+            capture_comparisons(loaded, pairs, rare_frequency, boot, groups, family),
+        ],
+        ignore_index=True,
+    )
 
 
 def interval_text(row: Any, metric: str) -> str:

@@ -30,11 +30,10 @@ from ssae_steps.evals.compare import (
     INTERVAL_METRICS,
     PCT,
     Bootstrap,
-    capture_comparisons,
+    all_comparisons,
     comparison_clause,
     comparison_pairs,
     comparison_sentences,
-    comparisons,
     interval_text,
     load_runs,
     metrics_table,
@@ -203,7 +202,6 @@ def evaluation_report(
     comparisons (``ssae_steps.evals.config.resolve_primary``), of which this report computes
     those of the ``evaluation`` study."""
     import matplotlib
-    import pandas as pd
 
     matplotlib.use("Agg")
     boot = boot or Bootstrap()
@@ -217,13 +215,7 @@ def evaluation_report(
     table = metrics_table(loaded, baselines, boot, groups)
     by_seed = metrics_table(loaded, baselines, boot, groups={name: [name] for name in loaded})
     pairs = comparison_pairs(table, main_k)
-    compared = pd.concat(
-        [
-            comparisons(loaded, pairs, boot, groups, family),
-            capture_comparisons(loaded, pairs, rare_frequency, boot, groups, family),
-        ],
-        ignore_index=True,
-    )
+    compared = all_comparisons(loaded, pairs, rare_frequency, boot, groups, family)
     curves = recall_by_frequency(loaded, table, main_k, boot, groups, rare_frequency)
     differences = capture_differences(loaded, pairs, boot, groups)
     out_table = Path(out_table)

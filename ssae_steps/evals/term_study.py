@@ -34,9 +34,8 @@ from ssae_steps.evals.capture import share_interval
 from ssae_steps.evals.compare import (
     PCT,
     Bootstrap,
-    capture_comparisons,
+    all_comparisons,
     comparison_clause,
-    comparisons,
     interval_text,
     load_runs,
     metrics_table,
@@ -173,7 +172,6 @@ def term_study(
     Markdown summary; return the table. ``family``: the run's primary comparisons, of which
     this study computes those of the ``term`` study."""
     import matplotlib
-    import pandas as pd
 
     matplotlib.use("Agg")
     boot = boot or Bootstrap()
@@ -185,13 +183,7 @@ def term_study(
     baselines = json.loads(Path(baselines_path).read_text())
     table = study_table(loaded, baselines, train_logs, rare_frequency, boot)
     groups, pairs = seed_groups(list(loaded)), erm_pairs(table)
-    compared = pd.concat(
-        [
-            comparisons(loaded, pairs, boot, groups, family),
-            capture_comparisons(loaded, pairs, rare_frequency, boot, groups, family),
-        ],
-        ignore_index=True,
-    )
+    compared = all_comparisons(loaded, pairs, rare_frequency, boot, groups, family)
     out_table = Path(out_table)
     with atomic_path(out_table) as tmp:
         table.to_csv(tmp, index=False)
