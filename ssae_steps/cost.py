@@ -69,29 +69,33 @@ def against_reference(stages: Any, reference: Any) -> list[str]:
     before = by_stage(reference).set_index("stage")
     now = stages.set_index("stage")
     names = list(dict.fromkeys([*now.index, *before.index]))
+    before, now = before.reindex(names, fill_value=0), now.reindex(names, fill_value=0)
 
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}" if b and b == b and a == a else ""
+
+    def line(name: str, jobs: tuple[int, int], wall: tuple[float, float], cpu: tuple[float, float]) -> str:
+        return (
+            f"| {name} | {jobs[0]} → {jobs[1]} | {wall[0]:.1f} → {wall[1]:.1f} | {ratio(wall[1], wall[0])} | "
+            f"{cpu[0]:.1f} → {cpu[1]:.1f} | {ratio(cpu[1], cpu[0])} |"
+        )
 
     lines = [
         "| stage | jobs (before → now) | wall min (before → now) | × | CPU min (before → now) | × |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in names:
-        b, n = (before.loc[name] if name in before.index else None), (now.loc[name] if name in now.index else None)
-        jobs = f"{int(b['jobs']) if b is not None else 0} → {int(n['jobs']) if n is not None else 0}"
-        wall_b, wall_n = (float(x["wall_s"]) / 60 if x is not None else 0.0 for x in (b, n))
-        cpu_b, cpu_n = (float(x["cpu_s"]) / 60 if x is not None else 0.0 for x in (b, n))
+        b, n = before.loc[name], now.loc[name]
         lines.append(
-            f"| {name} | {jobs} | {wall_b:.1f} → {wall_n:.1f} | {ratio(wall_n, wall_b)} | "
-            f"{cpu_b:.1f} → {cpu_n:.1f} | {ratio(cpu_n, cpu_b)} |"
+            line(
+                name,
+                (int(b["jobs"]), int(n["jobs"])),
+                (b["wall_s"] / 60, n["wall_s"] / 60),
+                (b["cpu_s"] / 60, n["cpu_s"] / 60),
+            )
         )
-    total = {key: (reference[key].sum() / 60, stages[key].sum() / 60) for key in ("wall_s", "cpu_s")}
-    lines.append(
-        f"| **all** | {len(reference)} → {int(stages['jobs'].sum())} | {total['wall_s'][0]:.1f} → "
-        f"{total['wall_s'][1]:.1f} | {ratio(total['wall_s'][1], total['wall_s'][0])} | {total['cpu_s'][0]:.1f} → "
-        f"{total['cpu_s'][1]:.1f} | {ratio(total['cpu_s'][1], total['cpu_s'][0])} |"
-    )
+    wall, cpu = ((reference[key].sum() / 60, stages[key].sum() / 60) for key in ("wall_s", "cpu_s"))
+    lines.append(line("**all**", (len(reference), int(stages["jobs"].sum())), wall, cpu))
     return lines
 
 
