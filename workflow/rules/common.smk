@@ -41,7 +41,7 @@ try:
     TRAINING_PLAN = TrainingPlan.from_dict(config["training"])
     EVALUATION_PLAN = EvaluationConfig.from_dict(config["evaluation"])
     DebiasConfig.from_dict({k: v for k, v in config["debias"].items() if k != "enabled"})
-    TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
+    TERM_PLAN = TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
     LineageConfig.from_dict({k: v for k, v in config["lineage"].items() if k != "enabled"})
     if TRAINING_PLAN.gsae.pretrained is not None:
         from ssae_steps.sae.autoencoder import load_sae

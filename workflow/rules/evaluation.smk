@@ -37,10 +37,11 @@ SEED_ACTIVATIONS = (
 def _primary_family():
     ssae = TRAINING_PLAN.ssae
     recipe = ssae_recipe(ssae.inits[0], ssae.tilts[0], MAIN_K)
-    term = TermStudyConfig.from_dict({k: v for k, v in config["term_study"].items() if k != "enabled"})
     term_runs = None
-    if config["term_study"]["enabled"] and max(term.tilts) > 0:
-        term_runs = tuple(ssae_run(SWEEP_STRATEGY, ssae_recipe("finetune", t, MAIN_K)) for t in (max(term.tilts), 0.0))
+    if config["term_study"]["enabled"] and max(TERM_PLAN.tilts) > 0:
+        term_runs = tuple(
+            ssae_run(SWEEP_STRATEGY, ssae_recipe("finetune", t, MAIN_K)) for t in (max(TERM_PLAN.tilts), 0.0)
+        )
     try:
         return resolve_primary(
             EVALUATION_PLAN.primary,

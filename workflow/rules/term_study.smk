@@ -6,8 +6,7 @@
 
 from dataclasses import replace
 
-TERM = config["term_study"]
-TERM_PLAN = TermStudyConfig.from_dict({k: v for k, v in TERM.items() if k != "enabled"})
+TERM = config["term_study"]  # TERM_PLAN: its dataclass, parsed in common.smk
 if TERM["enabled"] and TERM_PLAN.seeds > len(SEEDS):
     raise WorkflowError(
         f"invalid config: term_study.seeds: {TERM_PLAN.seeds} exceeds the {len(SEEDS)} of training.seeds"
